@@ -1,0 +1,32 @@
+# Two entry points do everything on a fresh machine:
+#   make repro   create .venv from requirements.txt if needed, then `dvc repro` (default params.yaml)
+#   make test    create .venv if needed, then run the test suite
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed
+export DVC_NO_ANALYTICS := 1
+export PATH := $(BIN):$(PATH)
+
+# Offline machines: a local folder of Omniglot archives copied into the (empty) archive
+# folder before the pipeline runs. Elsewhere the fetch stage downloads the official ones.
+OMNIGLOT_ARCHIVES ?= ../shared/data/omniglot
+OMNIGLOT_FOLDER := data/downloads/omniglot
+
+.PHONY: repro test archives
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $@
+
+archives:
+	@if [ -d "$(OMNIGLOT_ARCHIVES)" ] && ! ls $(OMNIGLOT_FOLDER)/*.zip >/dev/null 2>&1; then \
+		mkdir -p $(OMNIGLOT_FOLDER) && cp $(OMNIGLOT_ARCHIVES)/*.zip $(OMNIGLOT_FOLDER)/ && \
+		echo "copied Omniglot archives from $(OMNIGLOT_ARCHIVES) into $(OMNIGLOT_FOLDER)"; fi
+
+repro: $(STAMP) archives
+	dvc repro
+
+test: $(STAMP)
+	python -m pytest -q

@@ -1,0 +1,83 @@
+"""Networks for meta-learning, each rebuilt from a small plain-data spec stored with its weights.
+
+The spec (a dict of str/int) travels in the model file so that `predict` and later stages can
+rebuild the network and check the input shape without trusting pickled code.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+Params = dict[str, torch.Tensor]
+
+
+class MLP(nn.Module):
+    """Fully connected ReLU network (the sinusoid regressor: 2 x 40 hidden units)."""
+
+    def __init__(self, in_features: int, hidden: list[int], out_features: int):
+        super().__init__()
+        sizes = [in_features, *hidden]
+        layers: list[nn.Module] = []
+        for n_in, n_out in zip(sizes, sizes[1:]):
+            layers += [nn.Linear(n_in, n_out), nn.ReLU()]
+        layers.append(nn.Linear(sizes[-1], out_features))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def conv_block(n_in: int, n_out: int, downsample: str) -> nn.Sequential:
+    """3x3 conv, batch norm on batch statistics (no running stats, as in MAML), ReLU, downsample."""
+    stride = 2 if downsample == "stride" else 1
+    layers: list[nn.Module] = [
+        nn.Conv2d(n_in, n_out, 3, stride=stride, padding=1),
+        nn.BatchNorm2d(n_out, track_running_stats=False),
+        nn.ReLU(),
+    ]
+    if downsample == "maxpool":
+        layers.append(nn.MaxPool2d(2))
+    return nn.Sequential(*layers)
+
+
+class Conv4(nn.Module):
+    """The Conv-4 of Finn et al. 2017: four conv blocks and a linear head."""
+
+    def __init__(self, in_channels: int, image_size: int, n_classes: int, filters: int = 64,
+                 downsample: str = "stride"):
+        super().__init__()
+        self.features = nn.Sequential(
+            *(conv_block(in_channels if i == 0 else filters, filters, downsample) for i in range(4)),
+            nn.Flatten(),
+        )
+        with torch.no_grad():
+            n_features = self.features(torch.zeros(2, in_channels, image_size, image_size)).shape[1]
+        self.head = nn.Linear(n_features, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def build_model(spec: dict) -> nn.Module:
+    """Rebuild a network from its spec, e.g. {"kind": "conv4", "in_channels": 1, ...}."""
+    kind = spec["kind"]
+    args = {k: v for k, v in spec.items() if k != "kind"}
+    if kind == "mlp":
+        return MLP(**args)
+    if kind == "conv4":
+        return Conv4(**args)
+    raise ValueError(f"unknown model kind {kind!r}")
+
+
+def init_params(model: nn.Module, seed: int) -> Params:
+    """Deterministic initial meta-parameters for a given seed (independent of global RNG use)."""
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        for module in model.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return {name: p.detach().clone() for name, p in model.named_parameters()}

@@ -1,0 +1,236 @@
+"""The params.yaml schema: every knob that changes a result, validated before a stage works.
+
+Each stage parses only the sections it uses, so a typo in one dataset's settings does not
+stop another dataset's stages. Errors name the dotted key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal, TypeVar
+
+import yaml
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
+
+from noisymaml.errors import ParamError
+
+PARAMS_FILE = Path("params.yaml")
+
+
+class Section(BaseModel):
+    """A params.yaml section: unknown keys are errors (they are usually typos)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class NoiseParams(Section):
+    sigma: float = Field(ge=0)
+    mean: float = 0.0
+    where: Literal["inner", "outer", "both"] = "both"
+    outer_scale: float = Field(0.4, ge=0)
+    schedule: Literal["constant", "anneal", "step"] = "constant"
+    gamma: float = Field(0.55, ge=0)
+    decay: float = Field(1.5, ge=1)
+    decay_every: int = Field(1000, ge=1)
+
+
+class FeedbackParams(Section):
+    tasks: int = Field(ge=1)
+    iterations: int = Field(ge=1)
+    similarity: Literal["cosine", "dot"] = "cosine"
+
+
+class MamlParams(Section):
+    inner_lr: float = Field(gt=0)
+    inner_steps: int = Field(ge=1)
+    first_order: bool = False
+
+
+class TrainParams(Section):
+    iterations: int = Field(ge=1)
+    meta_batch: int = Field(ge=1)
+    meta_lr: float = Field(gt=0)
+    log_every: int = Field(ge=1)
+    val_tasks: int = Field(ge=1)
+    checkpoint_every: int = Field(ge=1)
+    batched_tasks: str | bool = "auto"  # auto: vmap on CUDA, a task loop on CPU
+
+    @field_validator("batched_tasks", mode="before")
+    @classmethod
+    def _auto_or_bool(cls, value):
+        if value == "auto" or isinstance(value, bool):
+            return value
+        raise ValueError("allowed are auto, true, false")
+
+
+class EvalParams(Section):
+    inner_steps: int = Field(ge=0)
+    chunk: int = Field(ge=1)
+
+
+class SinusoidTasks(Section):
+    bins: int = Field(ge=1)
+    train_bins: int = Field(ge=1)
+    amp_min: float = Field(gt=0)
+    amp_max: float = Field(gt=0)
+    x_range: float = Field(gt=0)
+    support: int = Field(ge=1)
+    query: int = Field(ge=1)
+    label_noise: float = Field(ge=0)
+    test_support: int = Field(ge=1)
+    test_query: int = Field(ge=1)
+    test_episodes: int = Field(ge=1)
+    val_episodes: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _relations(self):
+        if self.train_bins > self.bins:
+            raise ValueError(f"train_bins ({self.train_bins}) must not exceed bins ({self.bins})")
+        if self.amp_min >= self.amp_max:
+            raise ValueError(f"amp_min ({self.amp_min}) must be below amp_max ({self.amp_max})")
+        return self
+
+
+class MlpParams(Section):
+    hidden: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)
+
+
+class SinusoidParams(Section):
+    tasks: SinusoidTasks
+    model: MlpParams
+    maml: MamlParams
+    train: TrainParams
+    eval: EvalParams
+
+
+class FetchParams(Section):
+    folder: str
+    download: bool = True
+
+
+class SplitParams(Section):
+    """Character counts (integers) or fractions of all characters (floats below 1)."""
+
+    train: float = Field(gt=0)
+    val: float = Field(gt=0)
+    test: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        values = (self.train, self.val, self.test)
+        fractions = [v < 1 for v in values]
+        if any(fractions) and not all(fractions):
+            raise ValueError("give all three as counts (>= 1) or all as fractions (< 1)")
+        if all(fractions) and sum(values) > 1 + 1e-9:
+            raise ValueError(f"fractions add up to {sum(values):g}, more than 1")
+        if not any(fractions) and any(v != int(v) for v in values):
+            raise ValueError("character counts must be whole numbers")
+        return self
+
+
+class OmniglotTasks(Section):
+    """The task distribution: characters, their split, and how tasks are built from them."""
+
+    image_size: int = Field(ge=8)
+    rotations: Literal["off", "classes", "augment"] = "off"
+    split: SplitParams
+    mode: Literal["non_exclusive", "intrashuffle", "intershuffle"]
+    ways: int = Field(ge=2)
+    shots: int = Field(ge=1)
+    query_shots: int = Field(ge=1)
+    test_episodes: int = Field(ge=1)
+    val_episodes: int = Field(ge=1)
+
+
+class ConvParams(Section):
+    filters: int = Field(ge=1)
+    downsample: Literal["stride", "maxpool"] = "stride"
+
+
+class OmniglotParams(Section):
+    fetch: FetchParams
+    tasks: OmniglotTasks
+    model: ConvParams
+    maml: MamlParams
+    train: TrainParams
+    eval: EvalParams
+
+    @model_validator(mode="after")
+    def _maxpool_needs_room(self):
+        if self.model.downsample == "maxpool" and self.tasks.image_size < 16:
+            raise ValueError(f"model.downsample = maxpool halves the image four times: "
+                             f"tasks.image_size must be at least 16, got {self.tasks.image_size}")
+        return self
+
+
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+DATASETS: dict[str, type[Section]] = {"sinusoid": SinusoidParams, "omniglot": OmniglotParams}
+METHODS = ("maml", "noisy_maml")
+
+S = TypeVar("S", bound=Section)
+
+
+def read_params(path: Path = PARAMS_FILE) -> dict:
+    """Read params.yaml; a missing or malformed file is a ParamError naming it."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ParamError(f"{path}: file not found (run stages from the project root)") from None
+    except yaml.YAMLError as err:
+        raise ParamError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ParamError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def parse_section(data: dict, key: str, schema: type[S], path: Path = PARAMS_FILE) -> S:
+    """Validate data[key] against schema; errors name `key.sub.key`, the value and the rule."""
+    if key not in data:
+        raise ParamError(f"{path}: missing section `{key}`")
+    try:
+        return schema.model_validate(data[key])
+    except ValidationError as err:
+        raise ParamError(_describe(err, key, path)) from None
+
+
+def _describe(err: ValidationError, key: str, path: Path) -> str:
+    lines = []
+    for problem in err.errors():
+        dotted = ".".join([key, *(str(part) for part in problem["loc"])])
+        message = problem["msg"].removeprefix("Value error, ")
+        if problem["type"] == "extra_forbidden":
+            lines.append(f"{path}: unknown key `{dotted}` (misspelt?)")
+        elif problem["type"] == "missing":
+            lines.append(f"{path}: missing key `{dotted}`")
+        else:
+            lines.append(f"{path}: `{dotted}` = {problem['input']!r}: {message}")
+    return "\n".join(lines)
+
+
+def parse_seed(data: dict, path: Path = PARAMS_FILE) -> int:
+    seed = data.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ParamError(f"{path}: `seed` = {seed!r}: must be a non-negative integer")
+    return seed
+
+
+def parse_device(data: dict, path: Path = PARAMS_FILE) -> str:
+    device = data.get("device", "auto")
+    if not isinstance(device, str) or not DEVICE_PATTERN.match(device):
+        raise ParamError(f"{path}: `device` = {device!r}: allowed are auto, cpu, cuda, cuda:N")
+    return device
+
+
+def parse_dataset(data: dict, name: str, path: Path = PARAMS_FILE) -> Section:
+    if name not in DATASETS:
+        raise ParamError(f"unknown dataset {name!r}: allowed are {', '.join(DATASETS)}")
+    return parse_section(data, name, DATASETS[name], path)
+
+
+def check_method(name: str) -> str:
+    if name not in METHODS:
+        raise ParamError(f"unknown method {name!r}: allowed are {', '.join(METHODS)}")
+    return name

@@ -1,0 +1,279 @@
+"""The `report` stage: one Markdown page comparing MAML, noisy MAML and its feedback variants.
+
+Reads the metrics JSON files and learning-curve CSVs the pipeline wrote, and writes
+`report.md` with a results table per dataset plus PNG plots next to it. The output depends
+only on those files and the params, so identical inputs give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from matplotlib.figure import Figure
+
+from noisymaml.errors import DataError
+from noisymaml.metrics import MEMORISATION_TASKS, format_mean_ci
+from noisymaml.params import (DATASETS, FeedbackParams, NoiseParams, Section, parse_dataset,
+                              parse_section, parse_seed)
+from noisymaml.paths import curve_path, metrics_path
+
+METHODS = ("maml", "noisy_maml", "noisy_maml_feedback", "noisy_maml_continued")
+RESUMED = "noisy_maml"  # the feedback and continued runs go on from this run's meta-parameters
+RESUMING = ("noisy_maml_feedback", "noisy_maml_continued")
+COLORS = dict(zip(METHODS, ("tab:blue", "tab:orange", "tab:green", "tab:red")))
+REPORT_FILE = "report.md"
+REQUIRED_GROUPS = ("test", "train_tasks")
+# Table columns after the method label: (header, metrics group, pre or post adaptation).
+COLUMNS = (("test, post", "test", "post"),
+           ("test, pre", "test", "pre"),
+           ("held-out test tasks, post", "test_heldout_tasks", "post"),
+           ("feedback test tasks, post", "test_feedback_tasks", "post"),
+           ("memorisation index (training tasks, pre)", "train_tasks", "pre"),
+           ("training tasks, post", "train_tasks", "post"))
+
+NOISE_WHERE = {"inner": "inner-loop", "outer": "outer-loop", "both": "inner- and outer-loop"}
+
+Curve = dict[str, list[float]]
+
+
+@dataclass(frozen=True)
+class Measure:
+    """How a dataset is scored: the metric key in metrics files and how it is shown."""
+
+    key: str
+    name: str
+    percent: bool
+    better: str
+
+    def column(self, stage: str) -> str:
+        return f"{self.key}_{stage}"
+
+    def shown(self, value: float) -> float:
+        return value * 100.0 if self.percent else value
+
+
+MEASURES = {"sinusoid": Measure("loss", "MSE", False, "lower is better"),
+            "omniglot": Measure("acc", "accuracy (%)", True, "higher is better")}
+
+
+def method_labels(sigma: float) -> dict[str, str]:
+    return {"maml": "MAML (sigma = 0)",
+            "noisy_maml": f"noisy MAML (sigma = {sigma:g})",
+            "noisy_maml_feedback": "noisy MAML + feedback",
+            "noisy_maml_continued": "noisy MAML, continued without feedback"}
+
+
+def load_metrics(dataset: str) -> dict[str, dict]:
+    """The metrics of every method whose file exists, in METHODS order."""
+    measure = MEASURES[dataset]
+    return {method: _checked_metrics(metrics_path(dataset, method), measure)
+            for method in METHODS if metrics_path(dataset, method).exists()}
+
+
+def _checked_metrics(path: Path, measure: Measure) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected an object of metric groups, got {type(data).__name__}")
+    missing = [group for group in REQUIRED_GROUPS if group not in data]
+    if missing:
+        raise DataError(f"{path}: missing metric group(s) {', '.join(missing)}")
+    keys = [f"{measure.column(stage)}{suffix}" for stage in ("pre", "post") for suffix in ("", "_ci95")]
+    for group in dict.fromkeys(group for _, group, _ in COLUMNS if group in data):
+        summary = data[group]
+        if not isinstance(summary, dict) or not all(_is_number(summary.get(k)) for k in [*keys, "tasks"]):
+            raise DataError(f"{path}: group `{group}` needs numbers for {', '.join(keys)}, tasks")
+    return data
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def load_curves(dataset: str) -> dict[str, Curve]:
+    """The learning curves of every method whose CSV exists: {method: {column: values}}."""
+    measure = MEASURES[dataset]
+    columns = ("iteration", f"train_{measure.column('pre')}", f"val_{measure.column('post')}")
+    return {method: _read_curve(curve_path(dataset, method), columns)
+            for method in METHODS if curve_path(dataset, method).exists()}
+
+
+def _read_curve(path: Path, columns: tuple[str, ...]) -> Curve:
+    try:
+        with path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        return {column: [float(row[column]) for row in rows] for column in columns}
+    except (KeyError, TypeError, ValueError, UnicodeDecodeError):
+        raise DataError(f"{path}: not a learning curve with numeric columns {', '.join(columns)}") from None
+
+
+def align_curves(curves: dict[str, Curve]) -> dict[str, Curve]:
+    """Shift the feedback and continued curves (which count from 1) to follow the run they resume."""
+    resumed = curves.get(RESUMED, {}).get("iteration") or [0.0]
+    return {method: ({**curve, "iteration": [i + resumed[-1] for i in curve["iteration"]]}
+                     if method in RESUMING else curve)
+            for method, curve in curves.items()}
+
+
+def results_table(metrics: dict[str, dict], measure: Measure, labels: dict[str, str]) -> str:
+    """Markdown table: one row per method, mean ± 95% CI cells, n/a where a group is absent."""
+    def cell(summary: dict | None, stage: str) -> str:
+        return "n/a" if summary is None else format_mean_ci(summary, measure.column(stage), measure.percent)
+
+    header = ["method", *(title for title, _, _ in COLUMNS), "test tasks"]
+    rows = [[labels[method], *(cell(data.get(group), stage) for _, group, stage in COLUMNS),
+             str(int(data["test"]["tasks"]))]
+            for method, data in metrics.items()]
+    return "\n".join(_table_row(row) for row in [header, [":--", *["--:"] * (len(header) - 1)], *rows])
+
+
+def _table_row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def plot_curves(curves: dict[str, Curve], measure: Measure, labels: dict[str, str], path: Path,
+                chance: float | None = None) -> None:
+    """Validation post-adaptation and training pre-adaptation (memorisation) metric vs iteration."""
+    figure = Figure(figsize=(11, 4.2), layout="constrained")
+    panels = ((f"val_{measure.column('post')}", "validation tasks, post-adaptation"),
+              (f"train_{measure.column('pre')}", "training tasks, pre-adaptation (memorisation)"))
+    both = figure.subplots(1, 2, sharex=True)
+    for axes, (column, title) in zip(both, panels):
+        for method, curve in curves.items():
+            axes.plot(curve["iteration"], [measure.shown(v) for v in curve[column]], marker=".",
+                      color=COLORS[method], label=labels[method])
+        _chance_line(axes.axhline, chance, measure)
+        axes.set(title=title, xlabel="meta-iteration", ylabel=measure.name)
+        axes.grid(alpha=0.3)
+    both[0].legend(fontsize="small")
+    _save(figure, path)
+
+
+def plot_test(metrics: dict[str, dict], measure: Measure, labels: dict[str, str], path: Path,
+              chance: float | None = None) -> None:
+    """Horizontal bars of the test post-adaptation metric with 95% CI error bars."""
+    figure = Figure(figsize=(8, 0.6 * len(metrics) + 1.4), layout="constrained")
+    axes = figure.subplots()
+    key = measure.column("post")
+    tests = [data["test"] for data in metrics.values()]
+    axes.barh(range(len(tests)), [measure.shown(t[key]) for t in tests],
+              xerr=[measure.shown(t[f"{key}_ci95"]) for t in tests], capsize=4,
+              color=[COLORS[method] for method in metrics])
+    axes.set_yticks(range(len(tests)), [labels[method] for method in metrics])
+    axes.invert_yaxis()
+    _chance_line(axes.axvline, chance, measure)
+    axes.set(xlabel=f"test {measure.name}, post-adaptation (mean ± 95% CI; {measure.better})")
+    axes.grid(axis="x", alpha=0.3)
+    if chance is not None:
+        axes.legend(fontsize="small")
+    _save(figure, path)
+
+
+def _chance_line(draw: Callable, chance: float | None, measure: Measure) -> None:
+    if chance is not None:
+        draw(measure.shown(chance), color="grey", linestyle="--", label="chance")
+
+
+def _save(figure: Figure, path: Path) -> None:
+    figure.savefig(path, dpi=100, metadata={"Software": None})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The params the report states: what produced the numbers."""
+
+    seed: int
+    noise: NoiseParams
+    feedback: FeedbackParams
+    datasets: dict[str, Section]
+
+    @classmethod
+    def from_params(cls, params: dict) -> "Settings":
+        return cls(parse_seed(params), parse_section(params, "noise", NoiseParams),
+                   parse_section(params, "feedback", FeedbackParams),
+                   {dataset: parse_dataset(params, dataset) for dataset in DATASETS})
+
+    def chance(self, dataset: str) -> float | None:
+        """1/ways for classification datasets; None where there is no chance level."""
+        ways = getattr(self.datasets[dataset].tasks, "ways", None)
+        return None if ways is None else 1.0 / ways
+
+
+def write_report(out_dir: Path, params: dict) -> None:
+    """Write out_dir/report.md and its PNG plots from the metrics and curves on disk."""
+    settings = Settings.from_params(params)
+    labels = method_labels(settings.noise.sigma)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sections = [_dataset_section(dataset, settings, labels, out_dir) for dataset in DATASETS]
+    text = "\n\n".join(["# noisymaml report", _how_to_read(settings), _settings_list(settings), *sections])
+    (out_dir / REPORT_FILE).write_text(text + "\n")
+
+
+def _how_to_read(settings: Settings) -> str:
+    return (
+        "## How to read\n\n"
+        "Each meta-trained model is adapted to every test task with a few gradient steps on the "
+        "task's support set; *pre* is the score before adaptation, *post* after it. Cells are the "
+        "mean ± 95% confidence half-width over tasks. The **memorisation index** is the "
+        f"pre-adaptation score on {MEMORISATION_TASKS} fixed training tasks: a model that solves "
+        "its training tasks without adapting has memorised them (meta-overfitting) instead of "
+        "learning to adapt. For Omniglot, memorisation shows as pre-adaptation accuracy well above "
+        "chance (1/ways); for the sinusoid, as a low pre-adaptation MSE. *Feedback test tasks* are "
+        f"the first {settings.feedback.tasks} test episodes, whose support gradients weighted the "
+        "re-meta-training of *noisy MAML + feedback*; *held-out test tasks* are the rest, the fair "
+        "test score for that method. *Noisy MAML, continued without feedback* trains the same extra "
+        "iterations without the weighting, so its difference to *noisy MAML + feedback* is the "
+        "effect of feedback rather than of training longer.")
+
+
+def _settings_list(settings: Settings) -> str:
+    noise, feedback = settings.noise, settings.feedback
+    iterations = ", ".join(f"{dataset} {config.train.iterations}"
+                           for dataset, config in settings.datasets.items())
+    return "\n".join([
+        "## Settings",
+        "",
+        f"- seed: {settings.seed}",
+        f"- meta-training iterations: {iterations}",
+        f"- noise (noisy MAML only): sigma = {noise.sigma:g} on the {NOISE_WHERE[noise.where]} "
+        f"gradients (noise.where = {noise.where}), mean {noise.mean:g}, schedule {noise.schedule}, "
+        f"outer std = {noise.outer_scale:g} × sigma",
+        f"- feedback: {feedback.iterations} extra iterations, tasks weighted by {feedback.similarity} "
+        f"similarity to the support gradients of the first {feedback.tasks} test tasks",
+    ])
+
+
+def _dataset_section(dataset: str, settings: Settings, labels: dict[str, str], out_dir: Path) -> str:
+    measure, chance = MEASURES[dataset], settings.chance(dataset)
+    metrics, curves = load_metrics(dataset), load_curves(dataset)
+    lines = [f"## {dataset}", "",
+             f"Metric: {measure.name}, {measure.better}."
+             + ("" if chance is None else f" Chance level (1/ways): {measure.shown(chance):.2f}.")]
+    if metrics:
+        lines += ["", results_table(metrics, measure, labels)]
+    lines += _missing("results (not in the table)", metrics, metrics_path, dataset, labels)
+    lines += _missing("learning curves", curves, curve_path, dataset, labels)
+    if curves:
+        plot_curves(align_curves(curves), measure, labels, out_dir / _image(dataset, "curves"), chance)
+        lines += ["", f"![{dataset} learning curves]({_image(dataset, 'curves')})"]
+    if metrics:
+        plot_test(metrics, measure, labels, out_dir / _image(dataset, "test"), chance)
+        lines += ["", f"![{dataset} test post-adaptation]({_image(dataset, 'test')})"]
+    return "\n".join(lines)
+
+
+def _image(dataset: str, kind: str) -> str:
+    return f"{dataset}_{kind}.png"
+
+
+def _missing(what: str, found: dict, path_of: Callable[[str, str], Path], dataset: str,
+             labels: dict[str, str]) -> list[str]:
+    absent = [f"{labels[method]} (`{path_of(dataset, method).as_posix()}`)"
+              for method in METHODS if method not in found]
+    return ["", f"Missing {what}: {'; '.join(absent)}."] if absent else []

@@ -1,0 +1,198 @@
+"""Meta-training: noisy MAML steps, optional feedback weighting, logging and resumable checkpoints.
+
+Task sampling and gradient noise use two separate seeded generators on the training device,
+so noise never changes which tasks are drawn, and a resumed run replays the exact streams.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+
+from noisymaml.errors import NoisyMamlError
+from noisymaml.maml import InnerLoop, Objective, make_forward, per_task_meta_gradients
+from noisymaml.noise import GradientNoise, describe
+from noisymaml.tasks import TaskBatch
+
+Params = dict[str, torch.Tensor]
+Weigher = Callable[[Params], torch.Tensor]
+NOISE_STREAM = 1_000_003  # offset between the task and the noise generators' seeds
+
+
+class TaskSource(Protocol):
+    def sample(self, n_tasks: int, generator: torch.Generator) -> TaskBatch: ...
+
+
+class TrainingDiverged(NoisyMamlError):
+    """A loss or gradient became non-finite; the last finite checkpoint is kept."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` = the first CUDA device when present, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise NoisyMamlError(f"params.yaml: `device` = {name!r} but CUDA is not available here; "
+                             "use auto or cpu")
+    return torch.device(name)
+
+
+class MetaTrainer:
+    """Holds the meta-parameters, Adam, and the random streams of one meta-training run."""
+
+    def __init__(self, model: torch.nn.Module, params: Params, objective: Objective,
+                 inner: InnerLoop, noise: GradientNoise, meta_lr: float, meta_batch: int,
+                 seed: int, device: torch.device, batched: bool = True):
+        self.forward = make_forward(model.to(device))
+        self.params = {k: v.detach().clone().to(device).requires_grad_() for k, v in params.items()}
+        self.optimizer = torch.optim.Adam(self.params.values(), lr=meta_lr)
+        self.objective, self.inner, self.noise = objective, inner, noise
+        self.meta_batch, self.batched = meta_batch, batched
+        self.task_generator = torch.Generator(device).manual_seed(seed)
+        self.noise_generator = torch.Generator(device).manual_seed(seed + NOISE_STREAM)
+        self.iteration = 0
+
+    def meta_params(self) -> Params:
+        return {k: p.detach() for k, p in self.params.items()}
+
+    def step(self, source: TaskSource, weigh: Weigher | None = None) -> dict[str, float]:
+        """One meta-iteration; returns the meta-batch's mean pre/post-adaptation metrics."""
+        params = self.meta_params()
+        tasks = source.sample(self.meta_batch, self.task_generator)
+        inner_noise = self.noise.inner(params, self.meta_batch, self.inner.steps, self.iteration,
+                                       self.noise_generator)
+        grads, metrics = per_task_meta_gradients(self.forward, self.objective, params, tasks,
+                                                 self.inner, inner_noise, self.batched)
+        weights = weigh(grads) if weigh else torch.full(
+            (self.meta_batch,), 1.0 / self.meta_batch, device=tasks.support_x.device)
+        meta_grad = {k: torch.tensordot(weights, g, dims=1) for k, g in grads.items()}
+        outer_noise = self.noise.outer(params, self.iteration, self.noise_generator)
+        if outer_noise is not None:
+            meta_grad = {k: g + outer_noise[k] for k, g in meta_grad.items()}
+        summary = {k: v.mean().item() for k, v in metrics.items()}
+        self._check_finite(summary["loss_post"], meta_grad)
+        for name, p in self.params.items():
+            p.grad = meta_grad[name]
+        self.optimizer.step()
+        self.iteration += 1
+        return summary
+
+    def _check_finite(self, loss: float, meta_grad: Params) -> None:
+        bad = [k for k, g in meta_grad.items() if not torch.isfinite(g).all()]
+        if math.isfinite(loss) and not bad:
+            return
+        what = f"loss {loss}" + (f", non-finite meta-gradient in {', '.join(bad)}" if bad else "")
+        raise TrainingDiverged(
+            f"training diverged at iteration {self.iteration}: {what} ({describe(self.noise)}, "
+            f"inner lr {self.inner.lr:g}); lower noise.sigma or the learning rates")
+
+    def state_dict(self) -> dict:
+        return {
+            "params": self.meta_params(),
+            "optimizer": self.optimizer.state_dict(),
+            "task_generator": self.task_generator.get_state(),
+            "noise_generator": self.noise_generator.get_state(),
+            "iteration": self.iteration,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            for name, p in self.params.items():
+                p.copy_(state["params"][name])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.task_generator.set_state(state["task_generator"])
+        self.noise_generator.set_state(state["noise_generator"])
+        self.iteration = state["iteration"]
+
+
+def fingerprint(settings: dict) -> str:
+    """A stable hash of everything that shapes a run, so a checkpoint is resumed only by its own run."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def save_atomic(obj: object, path: Path) -> None:
+    """torch.save to a temporary file then rename: a kill never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+@dataclass
+class Checkpoint:
+    """Where and how often a run saves itself; resumed only when the fingerprint matches."""
+
+    path: Path
+    every: int
+    fingerprint: str
+
+    def load(self) -> dict | None:
+        if not self.path.exists():
+            return None
+        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        return state if state.get("fingerprint") == self.fingerprint else None
+
+    def save(self, state: dict) -> None:
+        save_atomic({**state, "fingerprint": self.fingerprint}, self.path)
+
+
+@dataclass
+class Curve:
+    """Learning-curve rows: window means of training metrics plus validation metrics."""
+
+    rows: list[dict] = field(default_factory=list)
+    window: list[dict] = field(default_factory=list)
+
+    def add(self, metrics: dict[str, float]) -> None:
+        self.window.append(metrics)
+
+    def close_window(self, iteration: int, validation: dict[str, float]) -> dict:
+        row = {"iteration": iteration}
+        for key in self.window[0]:
+            row[f"train_{key}"] = sum(m[key] for m in self.window) / len(self.window)
+        row |= {f"val_{k}": v for k, v in validation.items()}
+        self.rows.append(row)
+        self.window = []
+        return row
+
+
+def train(trainer: MetaTrainer, source: TaskSource, iterations: int, log_every: int,
+          validate: Callable[[Params], dict[str, float]], checkpoint: Checkpoint,
+          label: str, weigh: Weigher | None = None,
+          log: Callable[[str], None] = print) -> list[dict]:
+    """Run (or resume) meta-training to `iterations`; returns the learning-curve rows."""
+    curve = Curve()
+    state = checkpoint.load()
+    if state is not None:
+        trainer.load_state_dict(state["trainer"])
+        curve = Curve(state["curve_rows"], state["curve_window"])
+        log(f"[{label}] resuming from checkpoint {checkpoint.path} at iteration {trainer.iteration}")
+    log(f"[{label}] {iterations} meta-iterations, {describe(trainer.noise)}, "
+        f"device {trainer.task_generator.device}")
+    started, start_iteration = time.perf_counter(), trainer.iteration
+    while trainer.iteration < iterations:
+        curve.add(trainer.step(source, weigh))
+        done = trainer.iteration
+        if done % log_every == 0 or done == iterations:
+            row = curve.close_window(done, validate(trainer.meta_params()))
+            log(_progress(label, row, done, iterations, started, start_iteration))
+        if done % checkpoint.every == 0 and done < iterations:
+            checkpoint.save({"trainer": trainer.state_dict(), "curve_rows": curve.rows,
+                             "curve_window": curve.window})
+    return curve.rows
+
+
+def _progress(label: str, row: dict, done: int, total: int, started: float, first: int) -> str:
+    rate = (done - first) / max(time.perf_counter() - started, 1e-9)
+    eta = (total - done) / rate if rate > 0 else float("inf")
+    shown = "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "iteration")
+    return f"[{label}] it {done}/{total} ({100 * done / total:.0f}%)  {shown}  " \
+           f"{rate:.2f} it/s  eta {eta:.0f}s"

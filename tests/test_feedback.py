@@ -1,0 +1,146 @@
+"""Feedback weights from stored test gradients, and the mean / 95% CI summaries of evaluation."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import pytest
+import torch
+
+from noisymaml.evaluation import split_summary_inputs
+from noisymaml.feedback import flatten, similarity, task_weights
+from noisymaml.metrics import format_mean_ci, mean_ci95, summarise
+
+
+def grads(rows: list[list[float]]) -> dict[str, torch.Tensor]:
+    """Hand-made gradients of a two-tensor 'model': first two numbers 'a' [2], the rest 'b' [k]."""
+    values = torch.tensor(rows, dtype=torch.float32)
+    return {"b": values[:, 2:], "a": values[:, :2]}
+
+
+# --- task_weights -------------------------------------------------------------------------
+
+def test_cosine_weights_clip_negatives_and_sum_to_one():
+    tasks = grads([[1, 1, 0], [2, 0, 0], [0, 3, 0], [-1, 0, 0], [-5, 0.1, 0]])
+    reference = grads([[1, 0, 0]])
+    scores = torch.tensor([1 / math.sqrt(2), 1.0, 0.0, 0.0, 0.0])
+    weights = task_weights(tasks, reference, "cosine")
+    torch.testing.assert_close(weights, scores / scores.sum())
+    assert weights.sum().item() == pytest.approx(1.0)
+    assert (weights >= 0).all()
+
+
+def test_cosine_similarity_values():
+    tasks = torch.tensor([[3.0, 4.0], [1.0, 0.0], [0.0, -2.0]])
+    reference = torch.tensor([[0.0, 1.0], [1.0, 1.0]])
+    expected = torch.tensor([[0.8, 7 / (5 * math.sqrt(2))],
+                             [0.0, 1 / math.sqrt(2)],
+                             [-1.0, -1 / math.sqrt(2)]])
+    torch.testing.assert_close(similarity(tasks, reference, "cosine"), expected)
+    torch.testing.assert_close(similarity(tasks, reference, "dot"),
+                               torch.tensor([[4.0, 7.0], [0.0, 1.0], [-2.0, -2.0]]))
+
+
+def test_cosine_ignores_scale_and_dot_does_not():
+    reference = grads([[1, 2, 3]])
+    tasks = grads([[1, 0, 0], [0, 1, 1]])
+    scaled = grads([[10, 0, 0], [0, 1, 1]])
+    torch.testing.assert_close(task_weights(tasks, reference), task_weights(scaled, reference))
+    assert not torch.allclose(task_weights(tasks, reference, "dot"),
+                              task_weights(scaled, reference, "dot"))
+
+
+def test_all_negative_similarities_fall_back_to_uniform():
+    tasks = grads([[-1, 0, 0], [0, -1, 0], [-1, -1, -1]])
+    reference = grads([[1, 1, 0]])
+    weights = task_weights(tasks, reference, "cosine")
+    torch.testing.assert_close(weights, torch.full((3,), 1 / 3))
+    torch.testing.assert_close(task_weights(tasks, reference, "dot"), torch.full((3,), 1 / 3))
+
+
+def test_dot_weights_are_proportional_to_dot_products():
+    tasks = grads([[1, 0, 2], [0, 3, 0], [2, 2, 2], [-4, 0, 0]])
+    reference = grads([[1, 1, 1]])
+    scores = torch.tensor([3.0, 3.0, 6.0, 0.0])
+    torch.testing.assert_close(task_weights(tasks, reference, "dot"), scores / scores.sum())
+
+
+def test_similarity_is_averaged_over_references_before_clipping():
+    tasks = grads([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, -1, 0]])
+    reference = grads([[1, 0, 0], [0.6, -0.8, 0]])
+    cos = torch.tensor([[1.0, 0.6], [0.0, -0.8], [1 / math.sqrt(2), -0.2 / math.sqrt(2)],
+                        [0.0, 0.8]])
+    scores = cos.mean(1).clamp(min=0)  # [0.8, 0, 0.2828, 0.4]
+    weights = task_weights(tasks, reference, "cosine")
+    torch.testing.assert_close(weights, scores / scores.sum())
+    assert weights[3] > 0  # clipped only after averaging: -0 and +0.8 average to 0.4
+    assert weights[1] == 0
+
+
+def test_weights_do_not_depend_on_parameter_order():
+    tasks = grads([[1, 2, 3], [3, -1, 0], [0, 0, 1]])
+    reference = grads([[1, 0, 1], [0, 1, 0]])
+    reordered = {k: reference[k] for k in ("a", "b")}
+    assert list(reordered) != list(reference)
+    torch.testing.assert_close(task_weights(tasks, reference), task_weights(tasks, reordered))
+    flat = flatten(tasks)
+    assert flat.shape == (3, 3)
+    assert torch.equal(flat[:, :2], tasks["a"])  # names in sorted order: a before b
+
+
+def test_weights_flatten_multidimensional_gradients():
+    tasks = {"w": torch.tensor([[[1.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 1.0]]])}
+    reference = {"w": torch.tensor([[[1.0, 0.0], [0.0, 0.5]]])}
+    scores = torch.tensor([1 / math.sqrt(1.25), 0.5 / math.sqrt(1.25)])
+    torch.testing.assert_close(task_weights(tasks, reference), scores / scores.sum())
+
+
+def test_unknown_similarity_is_refused():
+    with pytest.raises(ValueError, match="cosine, dot"):
+        task_weights(grads([[1, 0, 0]]), grads([[1, 0, 0]]), "euclid")
+
+
+# --- metrics ------------------------------------------------------------------------------
+
+def test_mean_ci95_on_a_hand_made_vector():
+    data = [1.0, 2.0, 4.0, 7.0, 11.0]
+    mean, half = mean_ci95(torch.tensor(data))
+    assert mean == pytest.approx(statistics.mean(data), rel=1e-12)
+    assert half == pytest.approx(1.96 * statistics.stdev(data) / math.sqrt(5), rel=1e-12)
+
+
+def test_mean_ci95_of_one_value_is_zero_width():
+    assert mean_ci95(torch.tensor([3.5])) == (3.5, 0.0)
+
+
+def test_mean_ci95_of_nothing_is_an_error():
+    with pytest.raises(ValueError):
+        mean_ci95(torch.tensor([]))
+
+
+def test_mean_ci95_is_exact_in_double_precision_for_float32_input():
+    data = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float32)
+    values = [float(v) for v in data]
+    mean, half = mean_ci95(data)
+    assert mean == pytest.approx(statistics.mean(values), rel=1e-12)
+    assert half == pytest.approx(1.96 * statistics.stdev(values) / 2, rel=1e-12)
+
+
+def test_summarise_and_format():
+    per_task = {"loss_post": torch.tensor([1.0, 3.0]), "acc_post": torch.tensor([0.5, 0.75])}
+    summary = summarise(per_task)
+    assert summary["tasks"] == 2
+    assert summary["loss_post"] == 2.0
+    assert summary["loss_post_ci95"] == round(1.96 * statistics.stdev([1, 3]) / math.sqrt(2), 6)
+    assert summary["acc_post"] == 0.625
+    assert format_mean_ci(summary, "acc_post", percent=True) == \
+        f"62.50 ± {100 * summary['acc_post_ci95']:.2f}"
+    assert format_mean_ci(summary, "loss_post") == f"2.0000 ± {summary['loss_post_ci95']:.4f}"
+
+
+def test_split_summary_inputs_separates_feedback_and_heldout_tasks():
+    per_task = {"loss_post": torch.arange(10.0)}
+    groups = split_summary_inputs(per_task, 3)
+    assert torch.equal(groups["feedback_tasks"]["loss_post"], torch.arange(3.0))
+    assert torch.equal(groups["heldout_tasks"]["loss_post"], torch.arange(3.0, 10.0))

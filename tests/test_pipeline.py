@@ -1,0 +1,138 @@
+"""The whole DVC pipeline on tiny params in a temporary copy of the project."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+ARCHIVES = ROOT.parent / "shared" / "data" / "omniglot"
+METHODS = ("maml", "noisy_maml", "noisy_maml_feedback", "noisy_maml_continued")
+
+pytestmark = pytest.mark.skipif(not list(ARCHIVES.glob("*.zip")),
+                                reason=f"no Omniglot archives in {ARCHIVES}")
+
+
+def tiny_params() -> dict:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["device"] = "cpu"
+    params["feedback"].update(iterations=2, tasks=3)
+    sinusoid = params["sinusoid"]
+    sinusoid["tasks"].update(test_episodes=12, val_episodes=6)
+    sinusoid["train"].update(iterations=6, log_every=3, checkpoint_every=3, val_tasks=4)
+    omniglot = params["omniglot"]
+    omniglot["tasks"].update(ways=5, test_episodes=8, val_episodes=4,
+                             split={"train": 20, "val": 10, "test": 10})
+    omniglot["model"]["filters"] = 8
+    omniglot["train"].update(iterations=2, meta_batch=2, log_every=1, checkpoint_every=1, val_tasks=2)
+    return params
+
+
+def project_files() -> list[str]:
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                            cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return [f for f in listed.splitlines() if (ROOT / f).is_file()]
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A fresh git+DVC copy of the project with tiny params, after one `dvc repro`."""
+    root = tmp_path_factory.mktemp("project")
+    for name in project_files():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, root / name)
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    archives = root / "data" / "downloads" / "omniglot"
+    archives.mkdir(parents=True)
+    for archive in ARCHIVES.glob("*.zip"):
+        shutil.copy(archive, archives)
+    run(["git", "init", "-q"], root)
+    run(["dvc", "repro"], root)
+    return root
+
+
+@pytest.mark.parametrize("dataset", ["sinusoid", "omniglot"])
+def test_every_method_has_finite_metrics(project: Path, dataset: str):
+    for method in METHODS:
+        metrics = json.loads((project / "metrics" / dataset / f"{method}.json").read_text())
+        assert metrics["test"]["tasks"] == tiny_params()[dataset]["tasks"]["test_episodes"]
+        assert metrics["test_feedback_tasks"]["tasks"] == 3
+        assert metrics["test_heldout_tasks"]["tasks"] == metrics["test"]["tasks"] - 3
+        for group in ("test", "val", "train_tasks"):
+            values = metrics[group]
+            assert math.isfinite(values["loss_post"]) and values["loss_post_ci95"] >= 0
+            if dataset == "omniglot":
+                assert 0 <= values["acc_pre"] <= 1 and 0 <= values["acc_post"] <= 1
+
+
+def test_report_and_curves_written(project: Path):
+    report = (project / "reports" / "report.md").read_text()
+    assert "sinusoid" in report.lower() and "omniglot" in report.lower()
+    for dataset in ("sinusoid", "omniglot"):
+        curve = (project / "plots" / dataset / "noisy_maml.csv").read_text().splitlines()
+        iterations = tiny_params()[dataset]["train"]["iterations"]
+        assert curve[0].startswith("iteration,") and curve[-1].split(",")[0] == str(iterations)
+
+
+def test_second_repro_does_nothing(project: Path):
+    result = run(["dvc", "repro"], project)
+    assert "Running stage" not in result.stdout
+    assert "up to date" in result.stdout
+
+
+@contextmanager
+def edited_params(project: Path, section: str, key: str, value):
+    """params.yaml with one value changed, restored afterwards."""
+    params_file = project / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    target = params[section]
+    for part in key.split(".")[:-1]:
+        target = target[part]
+    target[key.split(".")[-1]] = value
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        yield
+    finally:
+        params_file.write_text(original)
+
+
+def test_sigma_change_reruns_only_noisy_stages(project: Path):
+    with edited_params(project, "noise", "sigma", 0.2):
+        changed = set(json.loads(run(["dvc", "status", "--json"], project).stdout))
+    assert {"train_noisy_maml@sinusoid", "train_noisy_maml@omniglot",
+            "feedback@sinusoid", "feedback@omniglot", "report"} <= changed
+    assert not any(name.startswith(("train_maml", "episodes", "fetch")) or name.endswith("-maml")
+                   for name in changed)
+
+
+@pytest.mark.parametrize("section, key, value, stage, expected", [
+    ("noise", "sigma", -1.0, ["train.py", "sinusoid", "noisy_maml"], "`noise.sigma` = -1.0"),
+    ("noise", "where", "sideways", ["train.py", "sinusoid", "noisy_maml"],
+     "'inner', 'outer' or 'both'"),
+    ("omniglot", "tasks.ways", 0, ["episodes.py", "omniglot"], "`omniglot.tasks.ways` = 0"),
+])
+def test_bad_parameter_stops_stage_with_one_message(project: Path, section, key, value, stage,
+                                                    expected):
+    with edited_params(project, section, key, value):
+        result = run([sys.executable, f"stages/{stage[0]}", *stage[1:]], project, check=False)
+    assert result.returncode == 2
+    assert expected in result.stderr and "Traceback" not in result.stderr
