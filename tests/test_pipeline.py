@@ -6,12 +6,15 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +47,7 @@ def project_files() -> list[str]:
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1",
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": "src",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if check and result.returncode != 0:
@@ -52,14 +55,18 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
     return result
 
 
+def copy_project(root: Path, params: dict) -> None:
+    for name in project_files():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, root / name)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     """A fresh git+DVC copy of the project with tiny params, after one `dvc repro`."""
     root = tmp_path_factory.mktemp("project")
-    for name in project_files():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / name, root / name)
-    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    copy_project(root, tiny_params())
     archives = root / "data" / "downloads" / "omniglot"
     archives.mkdir(parents=True)
     for archive in ARCHIVES.glob("*.zip"):
@@ -136,3 +143,58 @@ def test_bad_parameter_stops_stage_with_one_message(project: Path, section, key,
         result = run([sys.executable, f"stages/{stage[0]}", *stage[1:]], project, check=False)
     assert result.returncode == 2
     assert expected in result.stderr and "Traceback" not in result.stderr
+
+
+# --- interruption and reproducibility, on the stage scripts themselves -------------------------
+
+TRAIN = [sys.executable, "stages/train.py", "sinusoid", "noisy_maml"]
+EVALUATE = [sys.executable, "stages/evaluate.py", "sinusoid", "noisy_maml"]
+
+
+def stage_env() -> dict:
+    return {**os.environ, "PYTHONPATH": "src", "OMP_NUM_THREADS": "1"}
+
+
+def kill_after_first_checkpoint(root: Path, checkpoint: Path) -> int:
+    """Start the train stage, SIGKILL it as soon as a checkpoint exists; returns its exit status."""
+    process = subprocess.Popen(TRAIN, cwd=root, env=stage_env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        while process.poll() is None and not checkpoint.exists():
+            time.sleep(0.01)
+        process.send_signal(signal.SIGKILL)
+        return process.wait()
+    finally:
+        process.kill()
+
+
+def test_killed_training_resumes_to_the_uninterrupted_result(tmp_path: Path):
+    params = tiny_params()
+    params["sinusoid"]["train"].update(iterations=400, meta_batch=5, log_every=50,
+                                       checkpoint_every=20, val_tasks=2)
+    copy_project(tmp_path, params)
+    run([sys.executable, "stages/episodes.py", "sinusoid"], tmp_path)
+    model = tmp_path / "data" / "models" / "sinusoid" / "noisy_maml.pt"
+    metrics = tmp_path / "metrics" / "sinusoid" / "noisy_maml.json"
+    checkpoint = tmp_path / "checkpoints" / "sinusoid" / "noisy_maml.pt"
+
+    run(TRAIN, tmp_path)
+    run(EVALUATE, tmp_path)
+    reference_params = torch.load(model, weights_only=True)["params"]
+    reference_metrics = metrics.read_bytes()
+    assert not checkpoint.exists(), "a finished run leaves no checkpoint behind"
+    model.unlink()
+    metrics.unlink()
+
+    status = kill_after_first_checkpoint(tmp_path, checkpoint)
+    assert status == -signal.SIGKILL, "training finished before it could be killed"
+    assert checkpoint.exists() and not model.exists()
+    resumed = run(TRAIN, tmp_path)
+    assert "resuming from checkpoint" in resumed.stderr + resumed.stdout
+    run(EVALUATE, tmp_path)
+
+    resumed_params = torch.load(model, weights_only=True)["params"]
+    assert resumed_params.keys() == reference_params.keys()
+    for name, value in reference_params.items():
+        assert torch.equal(resumed_params[name], value), name
+    assert metrics.read_bytes() == reference_metrics
