@@ -1,0 +1,111 @@
+"""The Omniglot episodes stage on the real shared archives: character splits, fixed episodes, refusals."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from noisymaml.datasets import build_episodes, load_file, load_task_data
+from noisymaml.errors import ParamError
+from noisymaml.params import OmniglotParams, read_params
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data" / "omniglot"
+
+pytestmark = pytest.mark.skipif(not list(SHARED.glob("*.zip")), reason=f"no archives in {SHARED}")
+
+
+def omniglot_params(**tasks) -> OmniglotParams:
+    raw = copy.deepcopy(read_params(ROOT / "params.yaml")["omniglot"])
+    raw["fetch"]["folder"] = str(SHARED)
+    raw["tasks"].update({"ways": 5, "test_episodes": 30, "val_episodes": 10,
+                         "split": {"train": 40, "val": 10, "test": 20}, **tasks})
+    return OmniglotParams.model_validate(raw)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("episodes")
+    build_episodes("omniglot", omniglot_params(), 0, out)
+    return out
+
+
+def image_keys(images: torch.Tensor) -> set[bytes]:
+    """One key per image [C, D, H, W] -> bytes of each drawing."""
+    return {image.numpy().tobytes() for image in images.flatten(0, 1)}
+
+
+def test_splits_are_disjoint_characters_of_the_asked_sizes(built):
+    pool = load_file(built / "pool.pt")
+    characters = {split: set(names) for split, names in pool["characters"].items()}
+    assert {split: len(names) for split, names in characters.items()} == {"train": 40, "val": 10,
+                                                                          "test": 20}
+    assert not characters["train"] & characters["test"]
+    assert not characters["train"] & characters["val"]
+    assert not characters["val"] & characters["test"]
+    assert {split: images.shape[0] for split, images in pool["images"].items()} == {
+        "train": 40, "val": 10, "test": 20}
+
+
+def test_no_test_drawing_is_ever_a_training_drawing(built):
+    pool = load_file(built / "pool.pt")
+    assert not image_keys(pool["images"]["test"]) & image_keys(pool["images"]["train"])
+
+
+def test_training_tasks_only_use_training_characters(built):
+    data = load_task_data("omniglot", omniglot_params(), built, torch.device("cpu"))
+    pool = load_file(built / "pool.pt")
+    train_keys, test_keys = image_keys(pool["images"]["train"]), image_keys(pool["images"]["test"])
+    tasks = data.train.sample(8, torch.Generator().manual_seed(1))
+    drawn = {(image * 255).round().to(torch.uint8).numpy().tobytes()
+             for image in torch.cat([tasks.support_x, tasks.query_x], 1).flatten(0, 2)}
+    assert drawn <= train_keys and not drawn & test_keys
+
+
+def test_nme_training_labels_are_fixed_per_character(built):
+    data = load_task_data("omniglot", omniglot_params(), built, torch.device("cpu"))
+    label_of: dict[bytes, int] = {}
+    tasks = data.train.sample(40, torch.Generator().manual_seed(2))
+    for x, y in zip(tasks.support_x.flatten(0, 1), tasks.support_y.flatten()):
+        key = (x * 255).round().to(torch.uint8).numpy().tobytes()
+        assert label_of.setdefault(key, int(y)) == int(y)
+    assert len(set(label_of.values())) == 5
+
+
+def test_same_seed_same_files_other_seed_other_split(built, tmp_path):
+    again, other = tmp_path / "again", tmp_path / "other"
+    build_episodes("omniglot", omniglot_params(), 0, again)
+    build_episodes("omniglot", omniglot_params(), 1, other)
+    for name in ("pool.pt", "val.pt", "test.pt"):
+        first, second = load_file(built / name), load_file(again / name)
+        assert repr(first) == repr(second), name
+    assert load_file(built / "pool.pt")["characters"] != load_file(other / "pool.pt")["characters"]
+
+
+def test_test_episodes_are_standard_tasks_over_test_characters(built):
+    episodes = load_file(built / "test.pt")
+    classes = episodes["classes"]
+    assert classes.shape == (30, 5)
+    assert classes.max() < 20  # indices into the 20 test characters
+    assert all(len(set(row.tolist())) == 5 for row in classes)
+
+
+def test_rotations_as_classes_quadruple_every_split(tmp_path):
+    build_episodes("omniglot", omniglot_params(rotations="classes"), 0, tmp_path)
+    pool = load_file(tmp_path / "pool.pt")
+    assert {s: images.shape[0] for s, images in pool["images"].items()} == {
+        "train": 160, "val": 40, "test": 80}
+
+
+def test_too_few_characters_for_the_ways_names_the_key(tmp_path):
+    with pytest.raises(ParamError, match="`omniglot.tasks.ways` = 20 but the val split has only 10"):
+        build_episodes("omniglot", omniglot_params(ways=20), 0, tmp_path)
+
+
+def test_asking_for_more_characters_than_the_archives_hold(tmp_path):
+    params = omniglot_params(split={"train": 200, "val": 30, "test": 30})
+    with pytest.raises(ParamError, match="asks for 260 characters .* archives hold 242"):
+        build_episodes("omniglot", params, 0, tmp_path)
