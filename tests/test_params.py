@@ -237,3 +237,11 @@ def test_smallest_images_work_with_strided_convolutions(shipped):
 def test_sigma_must_be_finite(shipped, value):
     message = error_of(changed(shipped, "noise.sigma", value), "noise", NoiseParams)
     assert "`noise.sigma`" in message and "finite" in message
+
+
+def test_params_are_read_as_dvc_writes_them(tmp_path: Path):
+    """After `dvc exp run -S`, quotes are gone: `off` must stay the string DVC hashed, not False."""
+    path = tmp_path / "params.yaml"
+    path.write_text("tasks:\n  rotations: off\n  answer: yes\nlr: 1e-3\nhidden:\n- 40\n- 40\n")
+    assert read_params(path) == {"tasks": {"rotations": "off", "answer": "yes"}, "lr": 0.001,
+                                 "hidden": [40, 40]}

@@ -10,9 +10,10 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
-import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
                       model_validator)
+
+from ruamel.yaml import YAML, YAMLError
 
 from noisymaml.errors import ParamError
 
@@ -174,12 +175,16 @@ S = TypeVar("S", bound=Section)
 
 
 def read_params(path: Path = PARAMS_FILE) -> dict:
-    """Read params.yaml; a missing or malformed file is a ParamError naming it."""
+    """Read params.yaml as DVC does (YAML 1.2: `off` and `yes` are strings, `1e-3` a number).
+
+    `dvc exp run -S` rewrites the file and drops quotes; a YAML 1.1 reader (PyYAML) would then
+    see `rotations: off` as False. A missing or malformed file is a ParamError naming it.
+    """
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = YAML(typ="safe", pure=True).load(Path(path).read_text())
     except FileNotFoundError:
         raise ParamError(f"{path}: file not found (run stages from the project root)") from None
-    except yaml.YAMLError as err:
+    except YAMLError as err:
         raise ParamError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
         raise ParamError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
