@@ -198,3 +198,14 @@ def test_killed_training_resumes_to_the_uninterrupted_result(tmp_path: Path):
     for name, value in reference_params.items():
         assert torch.equal(resumed_params[name], value), name
     assert metrics.read_bytes() == reference_metrics
+
+
+def test_experiment_in_a_temporary_copy_gets_the_archives_from_the_cache(project: Path):
+    """Queued experiments run in a copy without data/: offline, `fetch` must not need to run."""
+    run(["git", "add", "-A"], project)
+    run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qm",
+         "tiny project"], project)
+    result = run(["dvc", "exp", "run", "--temp", "-S", "noise.sigma=0.3", "feedback@omniglot"],
+                 project)
+    assert "Running stage 'train_noisy_maml@omniglot'" in result.stdout
+    assert "Running stage 'fetch'" not in result.stdout
