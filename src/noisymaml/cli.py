@@ -1,13 +1,16 @@
-"""The `noisymaml` command: a group so that later commands can join `predict`."""
+"""The `noisymaml` command: `predict` on a user's images, `sweep-table` for a sigma sweep."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
 
-from noisymaml.errors import stage
+from noisymaml.errors import DataError, stage
+from noisymaml.params import DATASETS
 from noisymaml.predict import predict_folders, summary, write_predictions
+from noisymaml.sweep import finished_runs, sweep_table
 from noisymaml.training import resolve_device
 
 
@@ -54,6 +57,21 @@ def predict(model_file: Path, support_dir: Path, query_dir: Path, steps: int, in
         click.echo(f"skipped: {message}", err=True)
     write_predictions(output, result.rows)
     click.echo(summary(result, output))
+
+
+@main.command("sweep-table", short_help="Tabulate a sigma sweep from `dvc exp show --json`.")
+@click.option("--dataset", required=True, type=click.Choice(list(DATASETS)))
+@click.option("--input", "source", default="-", type=click.File("r"), show_default=True,
+              help="The JSON written by `dvc exp show --json` (- = standard input).")
+@stage
+def sweep_table_command(dataset: str, source) -> None:
+    """Print one markdown row per sigma (mean ± 95% CI over seeds) and the sigma chosen on
+    validation tasks alone, e.g. `dvc exp show --json | noisymaml sweep-table --dataset sinusoid`."""
+    try:
+        doc = json.load(source)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{source.name}: not the JSON of `dvc exp show --json` ({err})") from None
+    click.echo(sweep_table(finished_runs(doc), dataset))
 
 
 if __name__ == "__main__":
