@@ -46,10 +46,14 @@ def project_files() -> list[str]:
     return [f for f in listed.splitlines() if (ROOT / f).is_file()]
 
 
+def stage_env() -> dict:
+    """What `make` sets up: the venv's tools first, no analytics, the project's own library."""
+    return {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": "src",
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
 def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": "src",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    result = subprocess.run(cmd, cwd=cwd, env=stage_env(), capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}")
     return result
@@ -149,10 +153,6 @@ def test_bad_parameter_stops_stage_with_one_message(project: Path, section, key,
 
 TRAIN = [sys.executable, "stages/train.py", "sinusoid", "noisy_maml"]
 EVALUATE = [sys.executable, "stages/evaluate.py", "sinusoid", "noisy_maml"]
-
-
-def stage_env() -> dict:
-    return {**os.environ, "PYTHONPATH": "src", "OMP_NUM_THREADS": "1"}
 
 
 def kill_after_first_checkpoint(root: Path, checkpoint: Path) -> int:
