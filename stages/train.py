@@ -3,7 +3,7 @@
 import click
 
 from noisymaml.errors import stage
-from noisymaml.models import build_model, init_params
+from noisymaml.models import build_model
 from noisymaml.paths import curve_path, model_path
 from noisymaml.pipeline import Run, save_model, write_curve
 
@@ -16,7 +16,7 @@ def main(dataset: str, method: str) -> None:
     run = Run.from_params(dataset, method)
     data = run.task_data()
     model = build_model(data.model_spec)
-    trainer = run.trainer(data, model, init_params(model, run.seed), run.seed)
+    trainer = run.trainer(data, model, run.method.initial_params(model, run.seed), run.seed)
     rows = run.meta_train(trainer, data, run.config.train.iterations, method, {})
     save_model(model_path(dataset, method), data.model_spec, trainer.meta_params(),
                {"dataset": dataset, "method": method, "iterations": trainer.iteration})

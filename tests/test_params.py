@@ -10,9 +10,10 @@ import yaml
 
 from noisymaml.errors import ParamError
 from noisymaml.noise import GradientNoise
-from noisymaml.params import (FeedbackParams, NoiseParams, OmniglotParams, SinusoidParams,
-                              check_method, parse_dataset, parse_device, parse_section, parse_seed,
-                              read_params)
+from noisymaml.params import (AlgorithmsParams, FeedbackParams, NoiseParams, OmniglotParams,
+                              SinusoidParams, check_method, parse_dataset, parse_device,
+                              parse_method_lists, parse_section, parse_seed, read_params,
+                              trained_methods)
 
 
 @pytest.fixture
@@ -54,7 +55,11 @@ def test_shipped_params_parse_in_every_section(shipped, root):
     assert omniglot.tasks.split.train == raw["omniglot"]["tasks"]["split"]["train"]
     assert parse_seed(shipped) == raw["seed"]
     assert parse_device(shipped) == raw["device"]
-    assert sorted(raw) == ["device", "feedback", "noise", "omniglot", "seed", "sinusoid"]
+    algorithms = parse_section(shipped, "algorithms", AlgorithmsParams)
+    assert algorithms.mr_maml_w.model_dump() == raw["algorithms"]["mr_maml_w"]
+    assert parse_method_lists(shipped) == (raw["methods"], raw["noisy_methods"])
+    assert sorted(raw) == ["algorithms", "device", "feedback", "methods", "noise", "noisy_methods",
+                           "omniglot", "seed", "sinusoid"]
 
 
 # --- bad values ---------------------------------------------------------------------------
@@ -169,9 +174,42 @@ def test_device_defaults_to_auto():
 def test_unknown_dataset_and_method():
     with pytest.raises(ParamError, match="sinusoid, omniglot"):
         parse_dataset({}, "mnist")
-    with pytest.raises(ParamError, match="maml, noisy_maml"):
+    with pytest.raises(ParamError, match="maml, fomaml, mr_maml_w, meta_aug, each optionally "
+                                         "prefixed noisy_"):
         check_method("reptile")
     assert check_method("noisy_maml") == "noisy_maml"
+    assert check_method("noisy_mr_maml_w") == "noisy_mr_maml_w"
+    with pytest.raises(ParamError, match="noisy_noisy_maml"):
+        check_method("noisy_noisy_maml")
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("methods", "maml", "must be a list of algorithm names"),
+    ("methods", ["maml", "reptile"], "each of maml, fomaml, mr_maml_w, meta_aug at most once"),
+    ("noisy_methods", ["maml", "maml"], "at most once"),
+])
+def test_method_lists_are_checked(shipped, key, value, message):
+    with pytest.raises(ParamError, match=f"`{key}` = .*{message}"):
+        parse_method_lists(changed(shipped, key, value))
+
+
+def test_trained_methods_name_the_noisy_ones(shipped):
+    data = changed(changed(shipped, "methods", ["fomaml", "meta_aug"]), "noisy_methods", ["mr_maml_w"])
+    assert trained_methods(data) == ["fomaml", "meta_aug", "noisy_mr_maml_w"]
+
+
+def test_feedback_method_must_be_a_method(shipped):
+    assert "feedback.method" in error_of(changed(shipped, "feedback.method", "reptile"), "feedback",
+                                         FeedbackParams)
+
+
+@pytest.mark.parametrize("dotted, value", [("mr_maml_w.beta", -1.0), ("mr_maml_w.init_scale", 0.0),
+                                           ("mr_maml_w.stochastic_layers", 0),
+                                           ("mr_maml_w.stochastic_layers", "some"),
+                                           ("meta_aug.range", 0.0)])
+def test_bad_algorithm_settings_name_the_key(shipped, dotted, value):
+    message = error_of(changed(shipped, f"algorithms.{dotted}", value), "algorithms", AlgorithmsParams)
+    assert f"algorithms.{dotted}" in message
 
 
 def test_read_params_errors_name_the_file(tmp_path: Path):

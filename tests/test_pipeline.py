@@ -19,7 +19,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCHIVES = ROOT.parent / "shared" / "data" / "omniglot"
-METHODS = ("maml", "noisy_maml", "noisy_maml_feedback", "noisy_maml_continued")
+METHODS = ("maml", "mr_maml_w", "noisy_maml", "noisy_maml_feedback", "noisy_maml_continued")
 
 pytestmark = pytest.mark.skipif(not list(ARCHIVES.glob("*.zip")),
                                 reason=f"no Omniglot archives in {ARCHIVES}")
@@ -110,15 +110,18 @@ def test_second_repro_does_nothing(project: Path):
 
 
 @contextmanager
-def edited_params(project: Path, section: str, key: str, value):
-    """params.yaml with one value changed, restored afterwards."""
+def edited_params(project: Path, section: str, key: str | None, value):
+    """params.yaml with one value changed (the whole section when key is None), restored afterwards."""
     params_file = project / "params.yaml"
     original = params_file.read_text()
     params = yaml.safe_load(original)
-    target = params[section]
-    for part in key.split(".")[:-1]:
-        target = target[part]
-    target[key.split(".")[-1]] = value
+    if key is None:
+        params[section] = value
+    else:
+        target = params[section]
+        for part in key.split(".")[:-1]:
+            target = target[part]
+        target[key.split(".")[-1]] = value
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     try:
         yield
@@ -129,10 +132,24 @@ def edited_params(project: Path, section: str, key: str, value):
 def test_sigma_change_reruns_only_noisy_stages(project: Path):
     with edited_params(project, "noise", "sigma", 0.2):
         changed = set(json.loads(run(["dvc", "status", "--json"], project).stdout))
-    assert {"train_noisy_maml@sinusoid", "train_noisy_maml@omniglot",
+    assert {"train_noisy@sinusoid-maml", "train_noisy@omniglot-maml",
             "feedback@sinusoid", "feedback@omniglot", "report"} <= changed
-    assert not any(name.startswith(("train_maml", "episodes", "fetch")) or name.endswith("-maml")
+    assert not any(name.startswith(("train@", "evaluate@", "episodes", "fetch")) for name in changed)
+
+
+def test_an_algorithm_setting_reruns_only_that_method(project: Path):
+    with edited_params(project, "algorithms", "mr_maml_w.beta", 0.5):
+        changed = set(json.loads(run(["dvc", "status", "--json"], project).stdout))
+    assert {"train@sinusoid-mr_maml_w", "train@omniglot-mr_maml_w"} <= changed
+    assert not any(name.startswith(("train@", "train_noisy@")) and not name.endswith("mr_maml_w")
                    for name in changed)
+
+
+def test_the_methods_parameter_selects_the_trained_methods(project: Path):
+    with edited_params(project, "methods", None, ["fomaml", "meta_aug"]):
+        stages = run(["dvc", "stage", "list", "--names-only"], project).stdout.split()
+    trained = {name for name in stages if name.startswith("train@")}
+    assert trained == {f"train@{d}-{m}" for d in ("sinusoid", "omniglot") for m in ("fomaml", "meta_aug")}
 
 
 @pytest.mark.parametrize("section, key, value, stage, expected", [
@@ -207,5 +224,5 @@ def test_experiment_in_a_temporary_copy_gets_the_archives_from_the_cache(project
          "tiny project"], project)
     result = run(["dvc", "exp", "run", "--temp", "-S", "noise.sigma=0.3", "feedback@omniglot"],
                  project)
-    assert "Running stage 'train_noisy_maml@omniglot'" in result.stdout
+    assert "Running stage 'train_noisy@omniglot-maml'" in result.stdout
     assert "Running stage 'fetch'" not in result.stdout

@@ -18,14 +18,19 @@ ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 GROUPS = ("test", "test_feedback_tasks", "test_heldout_tasks", "val", "train_tasks")
 # Per method: test post-adaptation accuracy (omniglot) and MSE (sinusoid), distinct per row.
-OMNIGLOT_POST = {"maml": 0.5, "noisy_maml": 0.6, "noisy_maml_feedback": 0.7, "noisy_maml_continued": 0.65}
-SINUSOID_POST = {"maml": 0.9, "noisy_maml": 0.8, "noisy_maml_continued": 0.7}  # feedback missing
+# fomaml is not in params' `methods`: a stale file from an earlier configuration.
+OMNIGLOT_POST = {"maml": 0.5, "mr_maml_w": 0.55, "noisy_maml": 0.6, "noisy_maml_feedback": 0.7,
+                 "noisy_maml_continued": 0.65, "fomaml": 0.45}
+SINUSOID_POST = {"maml": 0.9, "mr_maml_w": 0.85, "noisy_maml": 0.8, "noisy_maml_continued": 0.7}  # feedback missing
+METHODS = ["maml", "mr_maml_w", "noisy_maml", "noisy_maml_feedback", "noisy_maml_continued"]
 
 
 def _params() -> dict:
     data = copy.deepcopy(read_params(ROOT / "params.yaml"))
     data["noise"]["sigma"] = 0.25
     data["omniglot"]["tasks"]["ways"] = 20
+    data["methods"], data["noisy_methods"] = ["maml", "mr_maml_w"], ["maml"]
+    data["feedback"]["method"] = "noisy_maml"
     return data
 
 
@@ -89,15 +94,47 @@ def _section(report: str, dataset: str) -> str:
 def test_table_cells_per_method(written):
     _, report = written
     omniglot, sinusoid = _section(report, "omniglot"), _section(report, "sinusoid")
-    assert _row(omniglot, "MAML (sigma = 0)") == [
-        "MAML (sigma = 0)", "50.00 ± 1.00", "20.00 ± 2.00", "52.00 ± 1.00", "51.00 ± 1.00",
+    assert _row(omniglot, "MAML") == [
+        "MAML", "50.00 ± 1.00", "20.00 ± 2.00", "52.00 ± 1.00", "51.00 ± 1.00",
         "24.00 ± 2.00", "54.00 ± 1.00", "600"]
     assert _row(omniglot, "noisy MAML (sigma = 0.25)")[1] == "60.00 ± 1.00"
+    assert _row(omniglot, "MR-MAML(W)")[1] == "55.00 ± 1.00"
     assert _row(omniglot, "noisy MAML + feedback")[1] == "70.00 ± 1.00"
     assert _row(omniglot, "noisy MAML, continued without feedback")[5] == "39.00 ± 2.00"
     assert _row(sinusoid, "noisy MAML (sigma = 0.25)")[1:3] == ["0.8000 ± 0.0100", "0.5000 ± 0.0200"]
     assert "Chance level (1/ways): 5.00." in omniglot
     assert "Chance level" not in sinusoid
+
+
+def test_only_the_methods_params_name_are_reported(written):
+    _, report = written
+    assert "first-order MAML" not in report  # a stale fomaml file is on disk
+    results = _section(report, "omniglot").split("Reported in the literature")[0]
+    assert [line.split("|")[1].strip() for line in results.splitlines()
+            if line.startswith("| ") and "±" in line] == [
+        "MAML", "MR-MAML(W)", "noisy MAML (sigma = 0.25)", "noisy MAML + feedback",
+        "noisy MAML, continued without feedback"]
+
+
+def test_literature_figures_beside_a_reduced_setting(written):
+    _, report = written
+    omniglot, params = _section(report, "omniglot"), _params()
+    for figure in ("| 7.8% |", "| 82.36% |", "| 95.8 ± 0.3% |", "arXiv 2405.12299", "Finn et al. 2017"):
+        assert figure in omniglot
+    assert "quoted, not reproduced" in omniglot
+    assert f"{params['omniglot']['train']['iterations']} meta-iterations" in omniglot
+    assert "a reduced setting" in omniglot
+    assert "Reported in the literature" not in _section(report, "sinusoid")
+
+
+def test_paper_scale_setting_is_not_called_reduced(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = _params()
+    params["omniglot"]["tasks"]["split"] = {"train": 1100, "val": 100, "test": 423}
+    params["omniglot"]["train"]["iterations"] = 60000
+    write_report(Path("reports"), params)
+    omniglot = _section((tmp_path / "reports" / REPORT_FILE).read_text(), "omniglot")
+    assert "(paper scale)" in omniglot and "reduced" not in omniglot
 
 
 def test_report_states_settings(written):
@@ -141,7 +178,7 @@ def test_no_results_yet(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_report(Path("reports"), _params())
     report = (tmp_path / "reports" / REPORT_FILE).read_text()
-    assert "Missing results (not in the table): MAML (sigma = 0)" in report
+    assert "Missing results (not in the table): MAML (`metrics/sinusoid/maml.json`)" in report
     assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == [REPORT_FILE]
 
 
@@ -150,17 +187,17 @@ def test_no_results_yet(tmp_path, monkeypatch):
 def test_malformed_metrics_name_the_file(workdir, content):
     metrics_path("omniglot", "noisy_maml").write_text(content)
     with pytest.raises(DataError, match="metrics/omniglot/noisy_maml.json"):
-        load_metrics("omniglot")
+        load_metrics("omniglot", METHODS)
 
 
 def test_malformed_curve_names_the_file(workdir):
     curve_path("sinusoid", "maml").write_text("iteration,val_loss_post\n1,0.5\n")
     with pytest.raises(DataError, match="plots/sinusoid/maml.csv"):
-        load_curves("sinusoid")
+        load_curves("sinusoid", METHODS)
 
 
 def test_resumed_curves_continue_noisy_maml(workdir):
-    curves = align_curves(load_curves("omniglot"))
+    curves = align_curves(load_curves("omniglot", METHODS), "noisy_maml")
     assert curves["noisy_maml"]["iteration"] == [25.0, 50.0]
     assert curves["maml"]["iteration"] == [25.0, 50.0]
     assert curves["noisy_maml_feedback"]["iteration"] == [75.0, 100.0]

@@ -20,8 +20,7 @@ from noisymaml.maml import CLASSIFICATION, REGRESSION, Objective
 from noisymaml.params import OmniglotParams, Section, SinusoidParams, SplitParams
 from noisymaml.sinusoid import SinusoidNME
 from noisymaml.tasks import (ClassificationTaskSource, EpisodeSet, Episodes, TaskBatch,
-                             nme_groups, standard_episodes)
-from noisymaml.training import TaskSource
+                             TaskSource, nme_groups, standard_episodes)
 
 
 @dataclass

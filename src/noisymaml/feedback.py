@@ -32,8 +32,13 @@ def similarity(task_grads: torch.Tensor, reference: torch.Tensor, kind: str) -> 
 
 
 def task_weights(task_grads: Params, reference: Params, kind: str = "cosine") -> torch.Tensor:
-    """Weights [n_tasks] summing to one for the meta-gradients of a meta-batch."""
-    scores = similarity(flatten(task_grads), flatten(reference), kind).mean(dim=1).clamp(min=0)
+    """Weights [n_tasks] summing to one for the meta-gradients of a meta-batch.
+
+    Only the parameters the reference gradients have are compared (MR-MAML's posterior scales
+    have meta-gradients but no test-task gradient).
+    """
+    shared = {name: task_grads[name] for name in reference}
+    scores = similarity(flatten(shared), flatten(reference), kind).mean(dim=1).clamp(min=0)
     total = scores.sum()
     if total <= 0:
         return torch.full_like(scores, 1.0 / scores.numel())

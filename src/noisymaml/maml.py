@@ -1,8 +1,14 @@
 """MAML as pure functions of a parameter dict (torch.func), after PyTorch's functorch example.
 
-A task's meta-gradient is `grad` of its post-adaptation query loss with respect to the
+A task's meta-gradient is the gradient of its post-adaptation query loss with respect to the
 meta-parameters; `per_task_meta_gradients` computes it for every task of a meta-batch, either
-all at once with `vmap` or in a plain loop (the two give the same numbers).
+all at once with `vmap` over `torch.func.grad`, or in a plain loop of ordinary autograd calls
+(the way learn2learn computes it, and faster than `torch.func` task by task on a CPU). The two
+paths give the same numbers.
+
+Methods other than MAML plug in through two hooks: `InnerLoop.adapted` (which parameters the
+inner loop adapts) and `realise` (how a task's starting weights are drawn from the
+meta-parameters, given per-task random `draws`; MR-MAML samples its stochastic weights there).
 """
 
 from __future__ import annotations
@@ -23,11 +29,24 @@ Forward = Callable[[Params, torch.Tensor], torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+Realise = Callable[[Params, Params], Params]  # (meta-parameters, one task's draws) -> weights
+
+
 @dataclass(frozen=True)
 class InnerLoop:
+    """Inner-loop SGD; `adapted` names the parameters it updates (None: all of them)."""
+
     lr: float
     steps: int
     first_order: bool = False
+    adapted: frozenset[str] | None = None
+
+    def splits(self, params: Params) -> tuple[Params, Params]:
+        """(adapted, fixed) parameters."""
+        if self.adapted is None:
+            return params, {}
+        return ({k: v for k, v in params.items() if k in self.adapted},
+                {k: v for k, v in params.items() if k not in self.adapted})
 
 
 @dataclass(frozen=True)
@@ -63,31 +82,56 @@ def make_forward(model: nn.Module) -> Forward:
     return forward
 
 
+def functional_gradients(loss: Callable[[Params], torch.Tensor], params: Params,
+                         create_graph: bool) -> Params:
+    """d loss / d params with torch.func (composes with vmap; differentiable unless detached)."""
+    grads = grad(loss)(params)
+    return grads if create_graph else {k: g.detach() for k, g in grads.items()}
+
+
+def autograd_gradients(loss: Callable[[Params], torch.Tensor], params: Params,
+                       create_graph: bool) -> Params:
+    """d loss / d params with torch.autograd.grad, as learn2learn's `adapt` does.
+
+    Adaptation needs gradients even where the caller evaluates under torch.no_grad.
+    """
+    with torch.enable_grad():
+        leaves = {k: p if p.requires_grad else p.detach().requires_grad_() for k, p in params.items()}
+        grads = torch.autograd.grad(loss(leaves), list(leaves.values()), create_graph=create_graph)
+    return dict(zip(leaves, grads))
+
+
 def adapt(forward: Forward, objective: Objective, params: Params, x: torch.Tensor,
-          y: torch.Tensor, inner: InnerLoop, noise: Params | None = None) -> Params:
-    """`inner.steps` gradient steps on one task's support set.
+          y: torch.Tensor, inner: InnerLoop, noise: Params | None = None,
+          gradients=functional_gradients) -> Params:
+    """`inner.steps` gradient steps on one task's support set, on the `inner.adapted` parameters.
 
     noise[name][t] is added to the gradient of step t (noisy MAML's inner-loop noise). With
     first_order, the inner gradients are treated as constants (FOMAML).
     """
+    fast, fixed = inner.splits(params)
+
     def support_loss(p: Params) -> torch.Tensor:
-        return objective.loss(forward(p, x), y)
+        return objective.loss(forward({**fixed, **p}, x), y)
 
     for step in range(inner.steps):
-        grads = grad(support_loss)(params)
-        if inner.first_order:
-            grads = {name: g.detach() for name, g in grads.items()}
+        grads = gradients(support_loss, fast, not inner.first_order)
         if noise is not None:
             grads = {name: g + noise[name][step] for name, g in grads.items()}
-        params = {name: p - inner.lr * grads[name] for name, p in params.items()}
-    return params
+        fast = {name: p - inner.lr * grads[name] for name, p in fast.items()}
+    return {**fixed, **fast}
 
 
-def _task_objective(forward: Forward, objective: Objective, inner: InnerLoop):
+def _task_objective(forward: Forward, objective: Objective, inner: InnerLoop,
+                    realise: Realise | None = None, gradients=functional_gradients):
     """Query loss after adaptation (the value to differentiate) plus pre/post metrics."""
-    def task_loss(params: Params, support_x, support_y, query_x, query_y, noise=None):
-        before = objective.metrics(forward(params, query_x), query_y)
-        adapted = adapt(forward, objective, params, support_x, support_y, inner, noise)
+    def task_loss(params: Params, support_x, support_y, query_x, query_y, randomness=None):
+        randomness = randomness or {}
+        weights = realise(params, randomness["draws"]) if realise else params
+        with torch.no_grad():
+            before = objective.metrics(forward(weights, query_x), query_y)
+        adapted = adapt(forward, objective, weights, support_x, support_y, inner,
+                        randomness.get("noise"), gradients)
         after = objective.metrics(forward(adapted, query_x), query_y)
         report = {f"{k}_pre": v.detach() for k, v in before.items()}
         report |= {f"{k}_post": v.detach() for k, v in after.items()}
@@ -110,16 +154,28 @@ def map_over_tasks(fn: Callable, batched: bool, *task_args):
 
 def per_task_meta_gradients(forward: Forward, objective: Objective, params: Params,
                             tasks: TaskBatch, inner: InnerLoop, noise: Params | None = None,
-                            batched: bool = True) -> tuple[Params, dict[str, torch.Tensor]]:
+                            batched: bool = True, realise: Realise | None = None,
+                            draws: Params | None = None) -> tuple[Params, dict[str, torch.Tensor]]:
     """Meta-gradient of every task: ({name: [tasks, *shape]}, {metric: [tasks]}).
 
-    noise, when given, holds inner-loop noise shaped [tasks, steps, *shape].
+    noise, when given, holds inner-loop noise shaped [tasks, steps, *shape]; draws, the
+    per-task random inputs of `realise` shaped [tasks, ...].
     """
-    task_grad = grad(_task_objective(forward, objective, inner), has_aux=True)
-    inputs = (tasks.support_x, tasks.support_y, tasks.query_x, tasks.query_y)
-    if noise is not None:
-        inputs += (noise,)
-    return map_over_tasks(lambda *task: task_grad(params, *task), batched, *inputs)
+    randomness = {k: v for k, v in (("noise", noise), ("draws", draws)) if v is not None}
+    inputs = (tasks.support_x, tasks.support_y, tasks.query_x, tasks.query_y, randomness)
+    if batched:
+        task_grad = grad(_task_objective(forward, objective, inner, realise), has_aux=True)
+        return vmap(lambda *task: task_grad(params, *task))(*inputs)
+    task_loss = _task_objective(forward, objective, inner, realise, autograd_gradients)
+
+    def task_grad_autograd(*task):
+        leaves = {k: p.detach().requires_grad_() for k, p in params.items()}
+        loss, report = task_loss(leaves, *task)
+        grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+        return {k: torch.zeros_like(p) if g is None else g
+                for (k, p), g in zip(leaves.items(), grads)}, report
+
+    return map_over_tasks(task_grad_autograd, False, *inputs)
 
 
 def support_gradient(forward: Forward, objective: Objective, params: Params,
@@ -131,6 +187,7 @@ def support_gradient(forward: Forward, objective: Objective, params: Params,
 def evaluate_tasks(forward: Forward, objective: Objective, params: Params, tasks: TaskBatch,
                    inner: InnerLoop, batched: bool = True) -> dict[str, torch.Tensor]:
     """Pre/post-adaptation query metrics for every task of a batch: {metric: [tasks]}."""
-    task_loss = _task_objective(forward, objective, inner)
+    task_loss = _task_objective(forward, objective, inner,
+                                gradients=functional_gradients if batched else autograd_gradients)
     return map_over_tasks(lambda *task: task_loss(params, *task)[1], batched,
                           tasks.support_x, tasks.support_y, tasks.query_x, tasks.query_y)

@@ -27,6 +27,11 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    def feature_layers(self) -> list[list[str]]:
+        """Parameter names of each hidden layer, input first (the output layer is the head)."""
+        return _layers_of(self, [f"net.{i}" for i, m in enumerate(self.net[:-1])
+                                 if isinstance(m, nn.Linear)])
+
 
 def conv_block(n_in: int, n_out: int, downsample: str) -> nn.Sequential:
     """3x3 conv, batch norm on batch statistics (no running stats, as in MAML), ReLU, downsample."""
@@ -57,6 +62,15 @@ class Conv4(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+    def feature_layers(self) -> list[list[str]]:
+        """Parameter names of each conv block (conv and batch norm), input first."""
+        return _layers_of(self, [f"features.{i}" for i in range(4)])
+
+
+def _layers_of(model: nn.Module, prefixes: list[str]) -> list[list[str]]:
+    names = [name for name, _ in model.named_parameters()]
+    return [[n for n in names if n.startswith(prefix + ".")] for prefix in prefixes]
 
 
 def build_model(spec: dict) -> nn.Module:

@@ -38,9 +38,45 @@ class NoiseParams(Section):
 
 
 class FeedbackParams(Section):
+    method: str = "noisy_maml"  # the trained method whose model is re-meta-trained with feedback
     tasks: int = Field(ge=1)
     iterations: int = Field(ge=1)
     similarity: Literal["cosine", "dot"] = "cosine"
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value):
+        problem = method_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+
+class NoSettings(Section):
+    """An algorithm without settings of its own (its inner loop is `<dataset>.maml`)."""
+
+
+class MrMamlParams(Section):
+    """MR-MAML(W), Yin et al. 2020: stochastic feature weights, beta * KL(q || N(0, I))."""
+
+    beta: float = Field(ge=0)
+    init_scale: float = Field(gt=0)  # initial posterior std of every stochastic weight
+    stochastic_layers: Literal["all"] | Annotated[int, Field(ge=1)] = "all"  # first N feature layers
+
+
+class MetaAugParams(Section):
+    """Meta-augmentation, Rajendran et al. 2020 (classification permutes labels per task)."""
+
+    range: float = Field(gt=0)  # regression: targets shifted by U(-range, range) per task
+
+
+class AlgorithmsParams(Section):
+    """Each base algorithm's own settings; a method's stages depend on its entry only."""
+
+    maml: NoSettings = NoSettings()
+    fomaml: NoSettings = NoSettings()
+    mr_maml_w: MrMamlParams
+    meta_aug: MetaAugParams
 
 
 class MamlParams(Section):
@@ -169,7 +205,8 @@ class OmniglotParams(Section):
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 DATASETS: dict[str, type[Section]] = {"sinusoid": SinusoidParams, "omniglot": OmniglotParams}
-METHODS = ("maml", "noisy_maml")
+ALGORITHMS = ("maml", "fomaml", "mr_maml_w", "meta_aug")
+NOISY = "noisy_"  # method name = algorithm, or noisy_<algorithm> for the same with gradient noise
 
 S = TypeVar("S", bound=Section)
 
@@ -235,7 +272,39 @@ def parse_dataset(data: dict, name: str, path: Path = PARAMS_FILE) -> Section:
     return parse_section(data, name, DATASETS[name], path)
 
 
+def method_problem(name: str) -> str | None:
+    """What is wrong with a method name (None: nothing). A method is an algorithm, optionally
+    prefixed `noisy_` (e.g. noisy_mr_maml_w)."""
+    if isinstance(name, str) and name.removeprefix(NOISY) in ALGORITHMS:
+        return None
+    return (f"unknown method {name!r}: allowed are {', '.join(ALGORITHMS)}, each optionally "
+            f"prefixed {NOISY} (gradient noise on top)")
+
+
 def check_method(name: str) -> str:
-    if name not in METHODS:
-        raise ParamError(f"unknown method {name!r}: allowed are {', '.join(METHODS)}")
+    problem = method_problem(name)
+    if problem:
+        raise ParamError(problem)
     return name
+
+
+def parse_method_lists(data: dict, path: Path = PARAMS_FILE) -> tuple[list[str], list[str]]:
+    """(`methods`, `noisy_methods`): the algorithms trained without and with gradient noise."""
+    lists = []
+    for key in ("methods", "noisy_methods"):
+        value = data.get(key)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ParamError(f"{path}: `{key}` = {value!r}: must be a list of algorithm names "
+                             f"({', '.join(ALGORITHMS)})")
+        unknown = [v for v in value if v not in ALGORITHMS]
+        if unknown or len(set(value)) != len(value):
+            raise ParamError(f"{path}: `{key}` = {value!r}: each of {', '.join(ALGORITHMS)} "
+                             "at most once")
+        lists.append(value)
+    return lists[0], lists[1]
+
+
+def trained_methods(data: dict, path: Path = PARAMS_FILE) -> list[str]:
+    """Every method name `dvc repro` trains, plain ones first."""
+    plain, noisy = parse_method_lists(data, path)
+    return [*plain, *(NOISY + name for name in noisy)]

@@ -17,11 +17,13 @@ from noisymaml.datasets import TaskData, load_file, load_task_data, seeded
 from noisymaml.errors import DataError, NoisyMamlError
 from noisymaml.evaluation import capture_gradients, evaluate, split_summary_inputs
 from noisymaml.maml import InnerLoop
+from noisymaml.meta_regularisation import posterior_mean
+from noisymaml.methods import Method
 from noisymaml.metrics import MEMORISATION_TASKS, summarise
 from noisymaml.models import build_model
 from noisymaml.noise import GradientNoise
 from noisymaml.paths import CHECKPOINTS, episodes_dir
-from noisymaml.params import (FeedbackParams, NoiseParams, Section, check_method, parse_dataset,
+from noisymaml.params import (AlgorithmsParams, FeedbackParams, NoiseParams, Section, parse_dataset,
                               parse_device, parse_section, parse_seed, read_params)
 from noisymaml.training import Checkpoint, MetaTrainer, fingerprint, resolve_device, save_atomic, train
 
@@ -32,7 +34,7 @@ class Run:
     """Validated settings of one (dataset, method) pair."""
 
     dataset: str
-    method: str
+    method: Method
     seed: int
     device: torch.device
     config: Section
@@ -42,16 +44,21 @@ class Run:
     @classmethod
     def from_params(cls, dataset: str, method: str, params_file: Path = Path("params.yaml")) -> "Run":
         data = read_params(params_file)
-        check_method(method)
-        noise_params = parse_section(data, "noise", NoiseParams, params_file)
-        noise = GradientNoise.from_params(noise_params) if method == "noisy_maml" else GradientNoise()
-        return cls(dataset, method, parse_seed(data, params_file),
+        chosen = Method.parse(method, parse_section(data, "algorithms", AlgorithmsParams, params_file))
+        noise = (GradientNoise.from_params(parse_section(data, "noise", NoiseParams, params_file))
+                 if chosen.noisy else GradientNoise())
+        return cls(dataset, chosen, parse_seed(data, params_file),
                    resolve_device(parse_device(data, params_file)),
                    parse_dataset(data, dataset, params_file), noise,
                    parse_section(data, "feedback", FeedbackParams, params_file))
 
     def task_data(self) -> TaskData:
         return load_task_data(self.dataset, self.config, episodes_dir(self.dataset), self.device)
+
+    def training_source(self, data: TaskData):
+        """The training tasks as this run's method sees them (meta-augmented for meta_aug)."""
+        return self.method.training_source(data.train, data.objective.classification,
+                                           data.model_spec.get("n_classes", 0))
 
     @property
     def inner(self) -> InnerLoop:
@@ -70,13 +77,14 @@ class Run:
 
     def settings(self) -> dict:
         """Everything that shapes this run's training, for checkpoint fingerprints."""
-        return {"dataset": self.dataset, "method": self.method, "seed": self.seed,
-                "config": self.config.model_dump(), "noise": vars(self.noise)}
+        return {"dataset": self.dataset, "method": self.method.name, "seed": self.seed,
+                "algorithm": self.method.settings.model_dump(), "config": self.config.model_dump(),
+                "noise": vars(self.noise)}
 
     def trainer(self, data: TaskData, model: torch.nn.Module, params: Params, seed: int) -> MetaTrainer:
         train_cfg = self.config.train
         return MetaTrainer(model, params, data.objective, self.inner, self.noise, train_cfg.meta_lr,
-                           train_cfg.meta_batch, seed, self.device, self.batched)
+                           train_cfg.meta_batch, seed, self.device, self.batched, self.method)
 
     def meta_train(self, trainer: MetaTrainer, data: TaskData, iterations: int, label: str,
                    extra_settings: dict, weigh=None) -> list[dict]:
@@ -84,22 +92,31 @@ class Run:
         cfg = self.config
 
         def validate(params: Params) -> dict[str, float]:
-            per_task = evaluate(trainer.forward, data.objective, params, data.val, self.eval_inner,
-                                cfg.eval.chunk, limit=cfg.train.val_tasks, batched=self.batched)
+            per_task = self.evaluate(trainer.forward, data, params, data.val, cfg.train.val_tasks)
             return {k: v.mean().item() for k, v in per_task.items() if k.endswith("_post")}
 
         checkpoint = Checkpoint(CHECKPOINTS / self.dataset / f"{label}.pt", cfg.train.checkpoint_every,
                                 fingerprint({**self.settings(), **extra_settings}))
-        rows = train(trainer, data.train, iterations, cfg.train.log_every, validate, checkpoint,
+        rows = train(trainer, self.training_source(data), iterations, cfg.train.log_every, validate, checkpoint,
                      f"{self.dataset}/{label}", weigh)
         checkpoint.path.unlink(missing_ok=True)
         return rows
 
+    def evaluate(self, forward, data: TaskData, params: Params, episodes,
+                 limit: int | None = None) -> dict[str, torch.Tensor]:
+        """Per-episode metrics after the method's meta-test adaptation from `params`."""
+        inner = self.method.inner_loop(self.eval_inner, params)
+        return evaluate(forward, data.objective, self.method.evaluation_params(params), episodes,
+                        inner, self.config.eval.chunk, limit=limit, batched=self.batched)
+
     def score(self, forward, data: TaskData, params: Params) -> dict:
-        """Metrics of a trained model: test (all, feedback, held-out), validation, training tasks."""
+        """Metrics of a trained model: test (all, feedback, held-out), validation, training tasks.
+
+        Training tasks are the dataset's own (never meta-augmented): pre-adaptation accuracy on
+        them is the memorisation index.
+        """
         def scored(episodes) -> dict[str, torch.Tensor]:
-            return evaluate(forward, data.objective, params, episodes, self.eval_inner,
-                            self.config.eval.chunk, batched=self.batched)
+            return self.evaluate(forward, data, params, episodes)
 
         test, val = scored(data.test), scored(data.val)
         train = scored(data.train.sample(MEMORISATION_TASKS,
@@ -122,14 +139,15 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[torch.nn
     model = build_model(saved["spec"]).to(device)
     params = {k: v.to(device) for k, v in saved["params"].items()}
     expected = {name for name, _ in model.named_parameters()}
-    if set(params) != expected:
+    if set(posterior_mean(params)) != expected:
         raise DataError(f"{path}: parameters do not match its model spec {saved['spec']}")
     return model, params, saved["spec"]
 
 
 def save_gradients(path: Path, run: Run, data: TaskData, forward, params: Params) -> None:
     count = min(run.feedback.tasks, len(data.test))
-    grads = capture_gradients(forward, data.objective, params, data.test, count)
+    grads = capture_gradients(forward, data.objective, run.method.evaluation_params(params),
+                              data.test, count)
     save_atomic({"gradients": grads, "episodes": torch.arange(count)}, path)
 
 

@@ -1,8 +1,10 @@
-"""The `report` stage: one Markdown page comparing MAML, noisy MAML and its feedback variants.
+"""The `report` stage: one Markdown page comparing every method the pipeline trained.
 
-Reads the metrics JSON files and learning-curve CSVs the pipeline wrote, and writes
-`report.md` with a results table per dataset plus PNG plots next to it. The output depends
-only on those files and the params, so identical inputs give byte-identical files.
+Reads the metrics JSON files and learning-curve CSVs of the methods that params.yaml names
+(`methods`, `noisy_methods`, and the feedback runs on `feedback.method`), and writes
+`report.md` with a results table per dataset, the figures the literature reports for the same
+protocol, and PNG plots next to it. The output depends only on those files and the params, so
+identical inputs give byte-identical files.
 """
 
 from __future__ import annotations
@@ -17,14 +19,13 @@ from matplotlib.figure import Figure
 
 from noisymaml.errors import DataError
 from noisymaml.metrics import MEMORISATION_TASKS, format_mean_ci
-from noisymaml.params import (DATASETS, FeedbackParams, NoiseParams, Section, parse_dataset,
-                              parse_section, parse_seed)
+from noisymaml.params import (DATASETS, NOISY, AlgorithmsParams, FeedbackParams, NoiseParams,
+                              Section, parse_dataset, parse_section, parse_seed, trained_methods)
 from noisymaml.paths import curve_path, metrics_path
 
-METHODS = ("maml", "noisy_maml", "noisy_maml_feedback", "noisy_maml_continued")
-RESUMED = "noisy_maml"  # the feedback and continued runs go on from this run's meta-parameters
-RESUMING = ("noisy_maml_feedback", "noisy_maml_continued")
-COLORS = dict(zip(METHODS, ("tab:blue", "tab:orange", "tab:green", "tab:red")))
+FEEDBACK_VARIANTS = ("feedback", "continued")  # runs that go on from feedback.method's model
+PALETTE = ("tab:blue", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive",
+           "tab:cyan", "tab:gray", "tab:green", "tab:red")
 REPORT_FILE = "report.md"
 REQUIRED_GROUPS = ("test", "train_tasks")
 # Table columns after the method label: (header, metrics group, pre or post adaptation).
@@ -60,18 +61,32 @@ MEASURES = {"sinusoid": Measure("loss", "MSE", False, "lower is better"),
             "omniglot": Measure("acc", "accuracy (%)", True, "higher is better")}
 
 
-def method_labels(sigma: float) -> dict[str, str]:
-    return {"maml": "MAML (sigma = 0)",
-            "noisy_maml": f"noisy MAML (sigma = {sigma:g})",
-            "noisy_maml_feedback": "noisy MAML + feedback",
-            "noisy_maml_continued": "noisy MAML, continued without feedback"}
+ALGORITHM_LABELS = {"maml": "MAML", "fomaml": "first-order MAML", "mr_maml_w": "MR-MAML(W)",
+                    "meta_aug": "MAML + meta-augmentation"}
 
 
-def load_metrics(dataset: str) -> dict[str, dict]:
-    """The metrics of every method whose file exists, in METHODS order."""
+def method_labels(methods: list[str], sigma: float) -> dict[str, str]:
+    """Readable names: noisy_mr_maml_w -> "noisy MR-MAML(W) (sigma = 0.1)", and feedback runs."""
+    labels = {}
+    for name in methods:
+        for variant in FEEDBACK_VARIANTS:
+            if name.endswith("_" + variant):
+                base = labels[name.removesuffix("_" + variant)].split(" (sigma")[0]
+                labels[name] = (f"{base} + feedback" if variant == "feedback"
+                                else f"{base}, continued without feedback")
+                break
+        else:
+            algorithm = ALGORITHM_LABELS[name.removeprefix(NOISY)]
+            labels[name] = (f"noisy {algorithm} (sigma = {sigma:g})" if name.startswith(NOISY)
+                            else algorithm)
+    return labels
+
+
+def load_metrics(dataset: str, methods: list[str]) -> dict[str, dict]:
+    """The metrics of every method whose file exists, in the order of `methods`."""
     measure = MEASURES[dataset]
     return {method: _checked_metrics(metrics_path(dataset, method), measure)
-            for method in METHODS if metrics_path(dataset, method).exists()}
+            for method in methods if metrics_path(dataset, method).exists()}
 
 
 def _checked_metrics(path: Path, measure: Measure) -> dict:
@@ -96,12 +111,12 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def load_curves(dataset: str) -> dict[str, Curve]:
+def load_curves(dataset: str, methods: list[str]) -> dict[str, Curve]:
     """The learning curves of every method whose CSV exists: {method: {column: values}}."""
     measure = MEASURES[dataset]
     columns = ("iteration", f"train_{measure.column('pre')}", f"val_{measure.column('post')}")
     return {method: _read_curve(curve_path(dataset, method), columns)
-            for method in METHODS if curve_path(dataset, method).exists()}
+            for method in methods if curve_path(dataset, method).exists()}
 
 
 def _read_curve(path: Path, columns: tuple[str, ...]) -> Curve:
@@ -113,11 +128,12 @@ def _read_curve(path: Path, columns: tuple[str, ...]) -> Curve:
         raise DataError(f"{path}: not a learning curve with numeric columns {', '.join(columns)}") from None
 
 
-def align_curves(curves: dict[str, Curve]) -> dict[str, Curve]:
+def align_curves(curves: dict[str, Curve], resumed: str) -> dict[str, Curve]:
     """Shift the feedback and continued curves (which count from 1) to follow the run they resume."""
-    resumed = curves.get(RESUMED, {}).get("iteration") or [0.0]
-    return {method: ({**curve, "iteration": [i + resumed[-1] for i in curve["iteration"]]}
-                     if method in RESUMING else curve)
+    last = (curves.get(resumed, {}).get("iteration") or [0.0])[-1]
+    resuming = {f"{resumed}_{variant}" for variant in FEEDBACK_VARIANTS}
+    return {method: ({**curve, "iteration": [i + last for i in curve["iteration"]]}
+                     if method in resuming else curve)
             for method, curve in curves.items()}
 
 
@@ -147,7 +163,7 @@ def plot_curves(curves: dict[str, Curve], measure: Measure, labels: dict[str, st
     for axes, (column, title) in zip(both, panels):
         for method, curve in curves.items():
             axes.plot(curve["iteration"], [measure.shown(v) for v in curve[column]], marker=".",
-                      color=COLORS[method], label=labels[method])
+                      color=_color(method, labels), label=labels[method])
         _chance_line(axes.axhline, chance, measure)
         axes.set(title=title, xlabel="meta-iteration", ylabel=measure.name)
         axes.grid(alpha=0.3)
@@ -164,7 +180,7 @@ def plot_test(metrics: dict[str, dict], measure: Measure, labels: dict[str, str]
     tests = [data["test"] for data in metrics.values()]
     axes.barh(range(len(tests)), [measure.shown(t[key]) for t in tests],
               xerr=[measure.shown(t[f"{key}_ci95"]) for t in tests], capsize=4,
-              color=[COLORS[method] for method in metrics])
+              color=[_color(method, labels) for method in metrics])
     axes.set_yticks(range(len(tests)), [labels[method] for method in metrics])
     axes.invert_yaxis()
     _chance_line(axes.axvline, chance, measure)
@@ -173,6 +189,11 @@ def plot_test(metrics: dict[str, dict], measure: Measure, labels: dict[str, str]
     if chance is not None:
         axes.legend(fontsize="small")
     _save(figure, path)
+
+
+def _color(method: str, labels: dict[str, str]) -> str:
+    """A fixed colour per method: its position among the report's methods."""
+    return PALETTE[list(labels).index(method) % len(PALETTE)]
 
 
 def _chance_line(draw: Callable, chance: float | None, measure: Measure) -> None:
@@ -185,19 +206,52 @@ def _save(figure: Figure, path: Path) -> None:
 
 
 @dataclass(frozen=True)
+class Reported:
+    """A figure from a paper, for the same dataset and protocol family (reported, not reproduced)."""
+
+    setting: str
+    method: str
+    value: str
+    source: str
+
+
+REPORTED = {"omniglot": (
+    Reported("NME, 20-way 1-shot, full Omniglot", "MAML", "7.8%",
+             "Yin et al. 2020, Meta-Learning without Memorization (ICLR 2020)"),
+    Reported("NME, 20-way 1-shot, full Omniglot", "noisy MAML", "82.36%",
+             "Gogoi, Tiwari & Verma 2024, arXiv 2405.12299"),
+    Reported("standard (mutually exclusive), 20-way 1-shot, full Omniglot", "MAML", "95.8 ± 0.3%",
+             "Finn et al. 2017, Model-Agnostic Meta-Learning (ICML 2017)"),
+)}
+FULL_OMNIGLOT_CHARACTERS = 1623
+PAPER_ITERATIONS = 60_000
+
+
+@dataclass(frozen=True)
 class Settings:
     """The params the report states: what produced the numbers."""
 
     seed: int
+    methods: list[str]
+    algorithms: AlgorithmsParams
     noise: NoiseParams
     feedback: FeedbackParams
     datasets: dict[str, Section]
 
     @classmethod
     def from_params(cls, params: dict) -> "Settings":
-        return cls(parse_seed(params), parse_section(params, "noise", NoiseParams),
+        return cls(parse_seed(params), trained_methods(params),
+                   parse_section(params, "algorithms", AlgorithmsParams),
+                   parse_section(params, "noise", NoiseParams),
                    parse_section(params, "feedback", FeedbackParams),
                    {dataset: parse_dataset(params, dataset) for dataset in DATASETS})
+
+    @property
+    def reported_methods(self) -> list[str]:
+        """Trained methods, then the feedback runs on `feedback.method` when it is trained."""
+        resumed = self.feedback.method
+        extra = [f"{resumed}_{v}" for v in FEEDBACK_VARIANTS] if resumed in self.methods else []
+        return [*self.methods, *extra]
 
     def chance(self, dataset: str) -> float | None:
         """1/ways for classification datasets; None where there is no chance level."""
@@ -208,7 +262,7 @@ class Settings:
 def write_report(out_dir: Path, params: dict) -> None:
     """Write out_dir/report.md and its PNG plots from the metrics and curves on disk."""
     settings = Settings.from_params(params)
-    labels = method_labels(settings.noise.sigma)
+    labels = method_labels(settings.reported_methods, settings.noise.sigma)
     out_dir.mkdir(parents=True, exist_ok=True)
     sections = [_dataset_section(dataset, settings, labels, out_dir) for dataset in DATASETS]
     text = "\n\n".join(["# noisymaml report", _how_to_read(settings), _settings_list(settings), *sections])
@@ -218,49 +272,88 @@ def write_report(out_dir: Path, params: dict) -> None:
 def _how_to_read(settings: Settings) -> str:
     return (
         "## How to read\n\n"
-        "Each meta-trained model is adapted to every test task with a few gradient steps on the "
-        "task's support set; *pre* is the score before adaptation, *post* after it. Cells are the "
-        "mean ± 95% confidence half-width over tasks. The **memorisation index** is the "
+        "Every method is trained on the same training tasks from the same initial weights and "
+        "scored on the same fixed test episodes. Each meta-trained model is adapted to every test "
+        "task with a few gradient steps on the task's support set; *pre* is the score before "
+        "adaptation, *post* after it. Cells are the mean ± 95% confidence half-width over tasks "
+        f"(one seed, `seed` = {settings.seed}; means over seeds: `noisymaml sweep-table`). The "
+        "**memorisation index** is the "
         f"pre-adaptation score on {MEMORISATION_TASKS} fixed training tasks: a model that solves "
         "its training tasks without adapting has memorised them (meta-overfitting) instead of "
         "learning to adapt. For Omniglot, memorisation shows as pre-adaptation accuracy well above "
         "chance (1/ways); for the sinusoid, as a low pre-adaptation MSE. *Feedback test tasks* are "
         f"the first {settings.feedback.tasks} test episodes, whose support gradients weighted the "
-        "re-meta-training of *noisy MAML + feedback*; *held-out test tasks* are the rest, the fair "
-        "test score for that method. *Noisy MAML, continued without feedback* trains the same extra "
-        "iterations without the weighting, so its difference to *noisy MAML + feedback* is the "
-        "effect of feedback rather than of training longer.")
+        "re-meta-training of the *+ feedback* run; *held-out test tasks* are the rest, the fair "
+        "test score for that run. The *continued without feedback* run trains the same extra "
+        "iterations without the weighting, so its difference to *+ feedback* is the effect of "
+        "feedback rather than of training longer.")
 
 
 def _settings_list(settings: Settings) -> str:
-    noise, feedback = settings.noise, settings.feedback
+    noise, feedback, mr = settings.noise, settings.feedback, settings.algorithms.mr_maml_w
     iterations = ", ".join(f"{dataset} {config.train.iterations}"
                            for dataset, config in settings.datasets.items())
-    return "\n".join([
+    lines = [
         "## Settings",
         "",
         f"- seed: {settings.seed}",
+        f"- methods: {', '.join(settings.methods)}",
         f"- meta-training iterations: {iterations}",
-        f"- noise (noisy MAML only): sigma = {noise.sigma:g} on the {NOISE_WHERE[noise.where]} "
+        f"- noise (noisy_ methods only): sigma = {noise.sigma:g} on the {NOISE_WHERE[noise.where]} "
         f"gradients (noise.where = {noise.where}), mean {noise.mean:g}, schedule {noise.schedule}, "
         f"outer std = {noise.outer_scale:g} × sigma",
-        f"- feedback: {feedback.iterations} extra iterations, tasks weighted by {feedback.similarity} "
-        f"similarity to the support gradients of the first {feedback.tasks} test tasks",
-    ])
+        f"- feedback on {feedback.method}: {feedback.iterations} extra iterations, tasks weighted by "
+        f"{feedback.similarity} similarity to the support gradients of the first {feedback.tasks} "
+        "test tasks",
+    ]
+    if any(m.removeprefix(NOISY) == "mr_maml_w" for m in settings.methods):
+        lines.append(f"- MR-MAML(W): beta = {mr.beta:g}, initial posterior std {mr.init_scale:g}, "
+                     f"stochastic feature layers: {mr.stochastic_layers}")
+    if any(m.removeprefix(NOISY) == "meta_aug" for m in settings.methods):
+        lines.append("- meta-augmentation: labels permuted per task (classification), targets "
+                     f"shifted by U(-{settings.algorithms.meta_aug.range:g}, "
+                     f"{settings.algorithms.meta_aug.range:g}) per task (regression)")
+    return "\n".join(lines)
+
+
+def literature_table(dataset: str, config: Section, seed: int) -> list[str]:
+    """The papers' figures beside this project's setting, which is marked when it is reduced."""
+    reported = REPORTED.get(dataset)
+    if not reported:
+        return []
+    tasks, split = config.tasks, config.tasks.split
+    characters = split.train + split.val + split.test
+    reduced = [f"{characters:g} characters" if characters >= 1 else "a fraction of the characters"]
+    if config.train.iterations < PAPER_ITERATIONS:
+        reduced.append(f"{config.train.iterations} meta-iterations")
+    ours = (f"this project's table above: {tasks.mode}, {tasks.ways}-way {tasks.shots}-shot, "
+            f"{', '.join(reduced)}, seed {seed}")
+    if characters >= FULL_OMNIGLOT_CHARACTERS and config.train.iterations >= PAPER_ITERATIONS:
+        ours += " (paper scale)"
+    else:
+        ours += (f" — a reduced setting (the papers: all {FULL_OMNIGLOT_CHARACTERS} characters, "
+                 f"tens of thousands of meta-iterations); not comparable number for number")
+    rows = [[r.setting, r.method, r.value, r.source] for r in reported]
+    return ["", "Reported in the literature (quoted, not reproduced here):", "",
+            *(_table_row(row) for row in [["setting", "method", "reported test accuracy", "source"],
+                                          [":--", ":--", "--:", ":--"], *rows]),
+            "", f"Compare with {ours}."]
 
 
 def _dataset_section(dataset: str, settings: Settings, labels: dict[str, str], out_dir: Path) -> str:
     measure, chance = MEASURES[dataset], settings.chance(dataset)
-    metrics, curves = load_metrics(dataset), load_curves(dataset)
+    methods = settings.reported_methods
+    metrics, curves = load_metrics(dataset, methods), load_curves(dataset, methods)
     lines = [f"## {dataset}", "",
              f"Metric: {measure.name}, {measure.better}."
              + ("" if chance is None else f" Chance level (1/ways): {measure.shown(chance):.2f}.")]
     if metrics:
         lines += ["", results_table(metrics, measure, labels)]
+    lines += literature_table(dataset, settings.datasets[dataset], settings.seed)
     lines += _missing("results (not in the table)", metrics, metrics_path, dataset, labels)
     lines += _missing("learning curves", curves, curve_path, dataset, labels)
     if curves:
-        plot_curves(align_curves(curves), measure, labels, out_dir / _image(dataset, "curves"), chance)
+        plot_curves(align_curves(curves, settings.feedback.method), measure, labels, out_dir / _image(dataset, "curves"), chance)
         lines += ["", f"![{dataset} learning curves]({_image(dataset, 'curves')})"]
     if metrics:
         plot_test(metrics, measure, labels, out_dir / _image(dataset, "test"), chance)
@@ -275,5 +368,5 @@ def _image(dataset: str, kind: str) -> str:
 def _missing(what: str, found: dict, path_of: Callable[[str, str], Path], dataset: str,
              labels: dict[str, str]) -> list[str]:
     absent = [f"{labels[method]} (`{path_of(dataset, method).as_posix()}`)"
-              for method in METHODS if method not in found]
+              for method in labels if method not in found]
     return ["", f"Missing {what}: {'; '.join(absent)}."] if absent else []

@@ -13,6 +13,7 @@ indices into it, so sampling does no decoding and no per-image Python work.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Protocol
 
 import torch
 
@@ -43,6 +44,12 @@ class TaskBatch:
 
     def as_dict(self) -> dict[str, torch.Tensor]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+class TaskSource(Protocol):
+    """Where meta-training draws its tasks from."""
+
+    def sample(self, n_tasks: int, generator: torch.Generator) -> TaskBatch: ...
 
 
 @dataclass(frozen=True)

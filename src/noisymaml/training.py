@@ -13,22 +13,20 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable
 
 import torch
+from torch.func import grad_and_value
 
 from noisymaml.errors import NoisyMamlError
 from noisymaml.maml import InnerLoop, Objective, make_forward, per_task_meta_gradients
+from noisymaml.methods import MAML, Method
 from noisymaml.noise import GradientNoise, describe
-from noisymaml.tasks import TaskBatch
+from noisymaml.tasks import TaskSource
 
 Params = dict[str, torch.Tensor]
 Weigher = Callable[[Params], torch.Tensor]
 NOISE_STREAM = 1_000_003  # offset between the task and the noise generators' seeds
-
-
-class TaskSource(Protocol):
-    def sample(self, n_tasks: int, generator: torch.Generator) -> TaskBatch: ...
 
 
 class TrainingDiverged(NoisyMamlError):
@@ -50,11 +48,12 @@ class MetaTrainer:
 
     def __init__(self, model: torch.nn.Module, params: Params, objective: Objective,
                  inner: InnerLoop, noise: GradientNoise, meta_lr: float, meta_batch: int,
-                 seed: int, device: torch.device, batched: bool = True):
+                 seed: int, device: torch.device, batched: bool = True, method: Method = MAML):
         self.forward = make_forward(model.to(device))
         self.params = {k: v.detach().clone().to(device).requires_grad_() for k, v in params.items()}
         self.optimizer = torch.optim.Adam(self.params.values(), lr=meta_lr)
-        self.objective, self.inner, self.noise = objective, inner, noise
+        self.method = method
+        self.objective, self.inner, self.noise = objective, method.inner_loop(inner, params), noise
         self.meta_batch, self.batched = meta_batch, batched
         self.task_generator = torch.Generator(device).manual_seed(seed)
         self.noise_generator = torch.Generator(device).manual_seed(seed + NOISE_STREAM)
@@ -67,17 +66,24 @@ class MetaTrainer:
         """One meta-iteration; returns the meta-batch's mean pre/post-adaptation metrics."""
         params = self.meta_params()
         tasks = source.sample(self.meta_batch, self.task_generator)
-        inner_noise = self.noise.inner(params, self.meta_batch, self.inner.steps, self.iteration,
+        adapted, _ = self.inner.splits(params)
+        inner_noise = self.noise.inner(adapted, self.meta_batch, self.inner.steps, self.iteration,
                                        self.noise_generator)
+        draws = self.method.draws(params, self.meta_batch, self.noise_generator)
         grads, metrics = per_task_meta_gradients(self.forward, self.objective, params, tasks,
-                                                 self.inner, inner_noise, self.batched)
+                                                 self.inner, inner_noise, self.batched,
+                                                 self.method.realise, draws)
         weights = weigh(grads) if weigh else torch.full(
             (self.meta_batch,), 1.0 / self.meta_batch, device=tasks.support_x.device)
         meta_grad = {k: torch.tensordot(weights, g, dims=1) for k, g in grads.items()}
+        summary = {k: v.mean().item() for k, v in metrics.items()}
+        if self.method.regularised:
+            penalty_grad, penalty = grad_and_value(self.method.regulariser)(params)
+            meta_grad = {k: g + penalty_grad[k] for k, g in meta_grad.items()}
+            summary["regulariser"] = penalty.item()
         outer_noise = self.noise.outer(params, self.iteration, self.noise_generator)
         if outer_noise is not None:
             meta_grad = {k: g + outer_noise[k] for k, g in meta_grad.items()}
-        summary = {k: v.mean().item() for k, v in metrics.items()}
         self._check_finite(summary["loss_post"], meta_grad)
         for name, p in self.params.items():
             p.grad = meta_grad[name]

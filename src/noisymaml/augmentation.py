@@ -1,0 +1,43 @@
+"""Meta-augmentation (Rajendran et al. 2020, "Meta-Learning Requires Meta-Augmentation").
+
+Training tasks are made mutually exclusive by randomness the model cannot predict from its
+inputs, so memorising a task's answer no longer pays and the support set must be read:
+classification permutes each task's labels (the same permutation on support and query),
+regression shifts each task's targets by one U(-r, r) offset shared by support and query.
+Validation and test episodes are never augmented.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from noisymaml.tasks import TaskBatch, TaskSource
+
+
+def permute_labels(tasks: TaskBatch, ways: int, generator: torch.Generator) -> TaskBatch:
+    """Relabel every task by its own random permutation of 0..ways-1."""
+    keys = torch.rand(len(tasks), ways, generator=generator, device=generator.device)
+    permutation = keys.argsort(dim=-1)
+    return TaskBatch(tasks.support_x, permutation.gather(1, tasks.support_y),
+                     tasks.query_x, permutation.gather(1, tasks.query_y))
+
+
+def shift_targets(tasks: TaskBatch, shift_range: float, generator: torch.Generator) -> TaskBatch:
+    """Add one U(-range, range) offset per task to its support and query targets."""
+    shift = (torch.rand(len(tasks), generator=generator, device=generator.device) * 2 - 1) * shift_range
+    shift = shift.view(-1, *[1] * (tasks.support_y.dim() - 1)).to(tasks.support_y.dtype)
+    return TaskBatch(tasks.support_x, tasks.support_y + shift, tasks.query_x, tasks.query_y + shift)
+
+
+class MetaAugmented:
+    """A training task source whose tasks are meta-augmented (labels permuted or targets shifted)."""
+
+    def __init__(self, source: TaskSource, classification: bool, ways: int, shift_range: float):
+        self.source, self.classification = source, classification
+        self.ways, self.shift_range = ways, shift_range
+
+    def sample(self, n_tasks: int, generator: torch.Generator) -> TaskBatch:
+        tasks = self.source.sample(n_tasks, generator)
+        if self.classification:
+            return permute_labels(tasks, self.ways, generator)
+        return shift_targets(tasks, self.shift_range, generator)

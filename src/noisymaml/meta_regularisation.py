@@ -1,0 +1,71 @@
+"""Meta-regularisation on weights, MR-MAML(W) (Yin et al. 2020, "Meta-Learning without Memorization").
+
+The chosen feature layers become a mean-field Gaussian posterior q(theta) = N(mu, sigma^2):
+every task draws one sample by reparameterisation (theta = mu + sigma * eps), those weights are
+not adapted in the inner loop, and the outer loss adds beta * KL(q(theta) || N(0, I)). The
+information the stochastic weights can carry about the training tasks is thereby bounded, so
+the model must use the support set instead of memorising the tasks.
+
+The meta-parameters hold mu under the network's own parameter names and log sigma under
+`LOG_SIGMA + name`; at meta-test the network uses the posterior mean.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+Params = dict[str, torch.Tensor]
+LOG_SIGMA = "log_sigma/"
+
+
+def stochastic_names(layers: list[list[str]], count: int | str) -> list[str]:
+    """Parameter names of the first `count` feature layers ("all": every feature layer)."""
+    chosen = layers if count == "all" else layers[:count]
+    return [name for layer in chosen for name in layer]
+
+
+def with_posterior(params: Params, names: list[str], init_scale: float) -> Params:
+    """Meta-parameters plus a log sigma per stochastic tensor, every sigma = init_scale."""
+    return {**params, **{LOG_SIGMA + name: torch.full_like(params[name], math.log(init_scale))
+                         for name in names}}
+
+
+def stochastic(params: Params) -> list[str]:
+    """The names whose weights are sampled (those with a log sigma), in a stable order."""
+    return sorted(k.removeprefix(LOG_SIGMA) for k in params if k.startswith(LOG_SIGMA))
+
+
+def posterior_mean(params: Params) -> Params:
+    """The network's weights at the posterior mean (what meta-test uses)."""
+    return {k: v for k, v in params.items() if not k.startswith(LOG_SIGMA)}
+
+
+def adapted_names(params: Params) -> frozenset[str]:
+    """What the inner loop adapts: every network weight that is not stochastic."""
+    sampled = set(stochastic(params))
+    return frozenset(k for k in posterior_mean(params) if k not in sampled)
+
+
+def draw_noise(params: Params, n_tasks: int, generator: torch.Generator) -> Params:
+    """Standard-normal eps for every task and stochastic tensor: {name: [n_tasks, *shape]}."""
+    return {name: torch.randn((n_tasks, *params[name].shape), generator=generator,
+                              device=params[name].device, dtype=params[name].dtype)
+            for name in stochastic(params)}
+
+
+def sample_weights(params: Params, eps: Params) -> Params:
+    """One task's weights: mu + sigma * eps on the stochastic tensors, the rest as they are."""
+    weights = posterior_mean(params)
+    return {**weights, **{name: weights[name] + params[LOG_SIGMA + name].exp() * eps[name]
+                          for name in eps}}
+
+
+def kl_to_standard_normal(params: Params) -> torch.Tensor:
+    """KL(N(mu, sigma^2) || N(0, 1)) summed over every stochastic weight (closed form)."""
+    terms = []
+    for name in stochastic(params):
+        mu, log_sigma = params[name], params[LOG_SIGMA + name]
+        terms.append((0.5 * (torch.exp(2 * log_sigma) + mu ** 2 - 1) - log_sigma).sum())
+    return torch.stack(terms).sum()

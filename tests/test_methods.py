@@ -1,0 +1,218 @@
+"""The baselines: MR-MAML(W)'s KL and frozen stochastic layers, meta-augmentation, FOMAML."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.distributions import Normal, kl_divergence
+
+from noisymaml import meta_regularisation as mr
+from noisymaml.augmentation import MetaAugmented
+from noisymaml.maml import (CLASSIFICATION, REGRESSION, InnerLoop, adapt, make_forward,
+                            per_task_meta_gradients)
+from noisymaml.methods import Method
+from noisymaml.models import MLP, Conv4, build_model
+from noisymaml.noise import GradientNoise
+from noisymaml.params import AlgorithmsParams, MetaAugParams, MrMamlParams
+from noisymaml.pipeline import load_model, save_model
+from noisymaml.tasks import ClassificationTaskSource, nme_groups
+from noisymaml.training import MetaTrainer
+
+ALGORITHMS = AlgorithmsParams(mr_maml_w=MrMamlParams(beta=0.01, init_scale=0.05),
+                              meta_aug=MetaAugParams(range=2.0))
+
+
+def method(name: str, **mr_settings) -> Method:
+    algorithms = ALGORITHMS
+    if mr_settings:
+        algorithms = algorithms.model_copy(update={"mr_maml_w": MrMamlParams(
+            **{"beta": 0.01, "init_scale": 0.05, **mr_settings})})
+    return Method.parse(name, algorithms)
+
+
+def generator(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# --- MR-MAML(W) -----------------------------------------------------------------------------
+
+def test_kl_matches_the_closed_form_of_two_gaussians():
+    mu = torch.tensor([[0.5, -1.0], [2.0, 0.0]])
+    sigma = torch.tensor([[0.3, 2.0], [1.0, 0.1]])
+    params = {"w": mu, mr.LOG_SIGMA + "w": sigma.log(), "head": torch.ones(3)}
+    by_hand = (torch.log(1 / sigma) + (sigma ** 2 + mu ** 2) / 2 - 0.5).sum()
+    reference = kl_divergence(Normal(mu, sigma), Normal(0.0, 1.0)).sum()
+    torch.testing.assert_close(mr.kl_to_standard_normal(params), by_hand)
+    torch.testing.assert_close(mr.kl_to_standard_normal(params), reference)
+
+
+def test_kl_is_zero_when_the_posterior_is_the_prior():
+    params = {"w": torch.zeros(4, 3), mr.LOG_SIGMA + "w": torch.zeros(4, 3)}
+    assert mr.kl_to_standard_normal(params).item() == 0.0
+    params["w"] = torch.full((4, 3), 0.1)
+    assert mr.kl_to_standard_normal(params).item() > 0
+
+
+@pytest.mark.parametrize("layers, expected", [("all", 2), (1, 1)])
+def test_stochastic_layers_are_the_first_feature_layers(sinusoid, layers, expected):
+    model = MLP(sinusoid.input_size, [8, 8], 1)
+    params = method("mr_maml_w", stochastic_layers=layers).initial_params(model, 0)
+    assert mr.stochastic(params) == sorted(n for layer in model.feature_layers()[:expected]
+                                           for n in layer)
+    for name in mr.stochastic(params):
+        assert torch.allclose(params[mr.LOG_SIGMA + name].exp(), torch.tensor(0.05))
+    assert "net.4.weight" in mr.adapted_names(params)  # the head always adapts
+
+
+def test_conv4_stochastic_layers_cover_every_conv_block():
+    model = Conv4(1, 8, 3, filters=4)
+    params = method("mr_maml_w").initial_params(model, 0)
+    assert {n.split(".")[1] for n in mr.stochastic(params)} == {"0", "1", "2", "3"}
+    assert mr.adapted_names(params) == {"head.weight", "head.bias"}
+
+
+@pytest.fixture
+def mr_setup(sinusoid):
+    model = MLP(sinusoid.input_size, [8, 8], 1)
+    chosen = method("mr_maml_w")
+    params = chosen.initial_params(model, 0)
+    tasks = sinusoid.sample(3, generator(1))
+    return make_forward(model), chosen, params, tasks
+
+
+def test_inner_loop_leaves_the_stochastic_weights_alone(mr_setup):
+    forward, chosen, params, tasks = mr_setup
+    inner = chosen.inner_loop(InnerLoop(0.1, 3), params)
+    eps = chosen.draws(params, 1, generator(2))
+    weights = mr.sample_weights(params, {k: v[0] for k, v in eps.items()})
+    adapted = adapt(forward, REGRESSION, weights, tasks.support_x[0], tasks.support_y[0], inner)
+    for name in mr.stochastic(params):
+        assert torch.equal(adapted[name], weights[name]), name
+    assert not torch.equal(adapted["net.4.weight"], weights["net.4.weight"])
+    assert set(adapted) == set(mr.posterior_mean(params))
+
+
+def test_sampled_weights_are_mean_plus_sigma_times_eps(mr_setup):
+    _, chosen, params, _ = mr_setup
+    eps = {k: v[0] for k, v in chosen.draws(params, 1, generator(3)).items()}
+    weights = mr.sample_weights(params, eps)
+    name = mr.stochastic(params)[0]
+    torch.testing.assert_close(weights[name], params[name] + 0.05 * eps[name])
+    assert torch.equal(weights["net.4.bias"], params["net.4.bias"])
+    assert not any(k.startswith(mr.LOG_SIGMA) for k in weights)
+
+
+def test_posterior_scales_get_a_meta_gradient_and_the_trainer_adds_beta_kl(mr_setup, sinusoid):
+    forward, chosen, params, tasks = mr_setup
+    inner = chosen.inner_loop(InnerLoop(0.1, 2), params)
+    draws = chosen.draws(params, len(tasks), generator(4))
+    grads, _ = per_task_meta_gradients(forward, REGRESSION, params, tasks, inner, None, False,
+                                       chosen.realise, draws)
+    assert all(grads[mr.LOG_SIGMA + n].abs().sum() > 0 for n in mr.stochastic(params))
+
+    model = MLP(sinusoid.input_size, [8, 8], 1)
+    trainer = MetaTrainer(model, params, REGRESSION, InnerLoop(0.1, 2), GradientNoise(), 0.01, 3,
+                          0, torch.device("cpu"), False, chosen)
+    summary = trainer.step(sinusoid)
+    torch.testing.assert_close(torch.tensor(summary["regulariser"]),
+                               0.01 * mr.kl_to_standard_normal(params))
+
+
+@pytest.mark.parametrize("name", ["mr_maml_w", "meta_aug", "fomaml"])
+def test_batched_and_looped_training_agree_for_every_algorithm(sinusoid, name):
+    def run(batched: bool) -> dict:
+        model = MLP(sinusoid.input_size, [8], 1)
+        chosen = method(name)
+        trainer = MetaTrainer(model, chosen.initial_params(model, 0), REGRESSION, InnerLoop(0.05, 2),
+                              GradientNoise(sigma=0.1), 0.01, 4, 0, torch.device("cpu"), batched,
+                              chosen)
+        source = chosen.training_source(sinusoid, False, 0)
+        for _ in range(3):
+            trainer.step(source)
+        return trainer.meta_params()
+
+    looped, batched = run(False), run(True)
+    for k in looped:
+        torch.testing.assert_close(looped[k], batched[k], atol=1e-5, rtol=1e-5, msg=k)
+
+
+def test_model_file_keeps_the_posterior_and_evaluation_uses_its_mean(tmp_path, sinusoid):
+    spec = {"kind": "mlp", "in_features": sinusoid.input_size, "hidden": [8], "out_features": 1}
+    params = method("mr_maml_w").initial_params(build_model(spec), 0)
+    save_model(tmp_path / "m.pt", spec, params, {})
+    _, loaded, _ = load_model(tmp_path / "m.pt")
+    assert loaded.keys() == params.keys()
+    assert Method.evaluation_params(loaded).keys() == mr.posterior_mean(params).keys()
+
+
+# --- meta-augmentation ----------------------------------------------------------------------
+
+WAYS, SHOTS, QUERY = 4, 1, 2
+
+
+def test_meta_aug_permutes_labels_per_task_and_never_mixes_support_and_query(class_images, pixels):
+    decode, _ = pixels
+    pool = class_images(12, 6)
+    nme = ClassificationTaskSource(pool, nme_groups(12, WAYS, generator(5)), "non_exclusive",
+                                   WAYS, SHOTS, QUERY)
+    augmented = method("meta_aug").training_source(nme, True, WAYS)
+    tasks = augmented.sample(40, generator(6))
+    plain = nme.sample(40, generator(6))
+    permutations = set()
+    for t in range(len(tasks)):
+        classes = torch.cat([decode(tasks.support_x[t])[0], decode(tasks.query_x[t])[0]])
+        labels = torch.cat([tasks.support_y[t], tasks.query_y[t]])
+        mapping = {int(c): int(y) for c, y in zip(classes, labels)}
+        assert len(mapping) == WAYS and sorted(mapping.values()) == list(range(WAYS))
+        assert all(mapping[int(c)] == int(y) for c, y in zip(classes, labels)), \
+            "a class carries different labels in support and query"
+        permutations.add(tuple(mapping[c] for c in sorted(mapping)))
+    assert len(permutations) > 5  # NME alone would give one labelling per group
+    assert torch.equal(tasks.support_x, plain.support_x)  # same images, only labels change
+
+
+def test_meta_aug_shifts_regression_targets_once_per_task(sinusoid):
+    augmented = method("meta_aug").training_source(sinusoid, False, 0)
+    tasks, plain = augmented.sample(30, generator(7)), sinusoid.sample(30, generator(7))
+    support_shift = (tasks.support_y - plain.support_y).squeeze(-1)
+    query_shift = (tasks.query_y - plain.query_y).squeeze(-1)
+    per_task = support_shift[:, :1]
+    torch.testing.assert_close(support_shift, per_task.expand_as(support_shift))
+    torch.testing.assert_close(query_shift, per_task.expand_as(query_shift))
+    assert per_task.abs().max() <= 2.0 and per_task.std() > 0.5
+
+
+def test_other_methods_leave_the_tasks_alone(sinusoid):
+    for name in ("maml", "fomaml", "mr_maml_w", "noisy_maml"):
+        assert method(name).training_source(sinusoid, False, 0) is sinusoid
+    assert isinstance(method("noisy_meta_aug").training_source(sinusoid, False, 0), MetaAugmented)
+
+
+# --- names and FOMAML -----------------------------------------------------------------------
+
+def test_method_names_parse_into_algorithm_and_noise():
+    parsed = method("noisy_mr_maml_w")
+    assert (parsed.algorithm, parsed.noisy, parsed.settings.beta) == ("mr_maml_w", True, 0.01)
+    assert not method("maml").noisy
+
+
+def test_fomaml_is_first_order_maml():
+    inner = InnerLoop(0.1, 3, first_order=False)
+    assert method("fomaml").inner_loop(inner, {}).first_order
+    assert not method("maml").inner_loop(inner, {}).first_order
+    assert method("maml").inner_loop(inner, {}) == inner
+
+
+def test_noise_on_top_of_mr_maml_perturbs_only_what_the_inner_loop_adapts(sinusoid):
+    model = MLP(sinusoid.input_size, [8], 1)
+    chosen = method("noisy_mr_maml_w")
+    params = chosen.initial_params(model, 0)
+    trainer = MetaTrainer(model, params, REGRESSION, InnerLoop(0.05, 2), GradientNoise(sigma=0.1),
+                          0.01, 2, 0, torch.device("cpu"), False, chosen)
+    adapted, _ = trainer.inner.splits(params)
+    noise = trainer.noise.inner(adapted, 2, 2, 0, generator())
+    assert set(noise) == {"net.2.weight", "net.2.bias"}
+    summary = trainer.step(sinusoid)
+    assert math.isfinite(summary["loss_post"])
