@@ -6,19 +6,23 @@ For each configuration it times, in one process on one device:
       parameters, then the query loss backpropagated into the meta-parameters;
   (b) the project's `MetaTrainer.step` (noise off), with tasks looped and with tasks batched
       by `torch.func.vmap`,
-and prints meta-iterations per second, peak memory, the ratios b/a and the projected wall
-time of a 60,000-iteration run. Tasks are random tensors of the right shapes: throughput does
-not depend on the pixels.
+and prints meta-iterations per second (median of rounds in which the variants take turns),
+peak memory (per variant on CUDA; on the CPU the process's peak so far, so the largest of the
+variants run), the ratios b/a and the projected wall time of a 60,000-iteration run. Tasks are
+random tensors of the right shapes: throughput does not depend on the pixels.
 
     python benchmarks/throughput.py                      # both configurations, device auto
-    python benchmarks/throughput.py --config omniglot-20w1s --iterations 5 --device cpu
+    python benchmarks/throughput.py --config omniglot-20w1s --rounds 7 --device cpu
 """
 
 from __future__ import annotations
 
 import resource
+import statistics
 import time
 from dataclasses import dataclass
+from functools import partial
+from typing import Callable
 
 import click
 import torch
@@ -92,21 +96,34 @@ def peak_memory_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process-wide, never resets
 
 
-def timed(step, iterations: int, warmup: int, device: torch.device) -> tuple[float, float]:
-    """(meta-iterations per second, peak memory in MiB) of `step` after `warmup` calls."""
-    for _ in range(warmup):
-        step()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    synchronise(device)
-    start = time.perf_counter()
-    for _ in range(iterations):
-        step()
-    synchronise(device)
-    return iterations / (time.perf_counter() - start), peak_memory_mib(device)
+def timed(steps: dict[str, Callable[[], None]], iterations: int, warmup: int, rounds: int,
+          device: torch.device) -> dict[str, tuple[float, float]]:
+    """{label: (meta-iterations per second, peak memory in MiB)}: the median over `rounds`.
+
+    The variants take turns, `iterations` steps each per round, so that a slow spell of a
+    shared machine falls on all of them rather than on whichever ran then.
+    """
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    rates: dict[str, list[float]] = {label: [] for label in steps}
+    peaks = dict.fromkeys(steps, 0.0)
+    for _ in range(rounds):
+        for label, step in steps.items():
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            synchronise(device)
+            start = time.perf_counter()
+            for _ in range(iterations):
+                step()
+            synchronise(device)
+            rates[label].append(iterations / (time.perf_counter() - start))
+            peaks[label] = max(peaks[label], peak_memory_mib(device))
+    return {label: (statistics.median(rates[label]), peaks[label]) for label in steps}
 
 
-def benchmark(name: str, config: Config, device: torch.device, iterations: int, warmup: int) -> None:
+def benchmark(name: str, config: Config, device: torch.device, iterations: int, warmup: int,
+              rounds: int) -> None:
     model = Conv4(1, 28, config.ways, filters=config.filters).to(device)
     initial = init_params(model, 0)
     tasks = RandomTasks(config, device)
@@ -114,14 +131,16 @@ def benchmark(name: str, config: Config, device: torch.device, iterations: int, 
 
     params = {k: v.detach().clone().to(device).requires_grad_() for k, v in initial.items()}
     optimizer = torch.optim.Adam(params.values(), lr=1e-3)
-    loop = timed(lambda: loop_step(model, params, optimizer, tasks.sample(config.meta_batch, generator),
-                                   config.inner), iterations, warmup, device)
-    results = {"(a) per-task loop, learn2learn style": loop}
+    loop_label = "(a) per-task loop, learn2learn style"
+    steps = {loop_label: lambda: loop_step(model, params, optimizer,
+                                           tasks.sample(config.meta_batch, generator), config.inner)}
     for batched in (False, True):
         trainer = MetaTrainer(model, initial, CLASSIFICATION, config.inner, GradientNoise(), 1e-3,
                               config.meta_batch, 0, device, batched)
-        label = f"(b) noisymaml step, tasks {'batched (vmap)' if batched else 'looped'}"
-        results[label] = timed(lambda: trainer.step(tasks), iterations, warmup, device)
+        steps[f"(b) noisymaml step, tasks {'batched (vmap)' if batched else 'looped'}"] = \
+            partial(trainer.step, tasks)
+    results = timed(steps, iterations, warmup, rounds, device)
+    loop = results[loop_label]
 
     print(f"\n{name}: {config.ways}-way {config.shots}-shot, {config.inner.steps} inner steps "
           f"({'first' if config.inner.first_order else 'second'} order), meta-batch {config.meta_batch}, "
@@ -142,12 +161,15 @@ def describe(device: torch.device) -> str:
 @click.option("--config", "names", multiple=True, type=click.Choice(sorted(CONFIGS)),
               help="Configuration(s) to time; all when not given.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
-@click.option("--iterations", default=5, show_default=True, type=click.IntRange(min=1))
+@click.option("--iterations", default=3, show_default=True, type=click.IntRange(min=1),
+              help="Meta-iterations per variant per round.")
+@click.option("--rounds", default=5, show_default=True, type=click.IntRange(min=1),
+              help="Rounds in which the variants take turns; the median round is reported.")
 @click.option("--warmup", default=1, show_default=True, type=click.IntRange(min=0))
-def main(names: tuple[str, ...], device: str, iterations: int, warmup: int) -> None:
+def main(names: tuple[str, ...], device: str, iterations: int, rounds: int, warmup: int) -> None:
     resolved = resolve_device(device)
     for name in names or tuple(CONFIGS):
-        benchmark(name, CONFIGS[name], resolved, iterations, warmup)
+        benchmark(name, CONFIGS[name], resolved, iterations, warmup, rounds)
 
 
 if __name__ == "__main__":
