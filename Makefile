@@ -1,6 +1,9 @@
 # Two entry points do everything on a fresh machine:
 #   make repro   create .venv from requirements.txt if needed, then `dvc repro` (default params.yaml)
 #   make test    create .venv if needed, then run the test suite
+# and for studies:
+#   make sweep DATASET=sinusoid   the sigma x placement x seed sweep as DVC experiments, then
+#                                 reports/sweep_<dataset>.md (after `make repro`)
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -12,7 +15,9 @@ export PATH := $(BIN):$(PATH)
 OMNIGLOT_ARCHIVES ?= ../shared/data/omniglot
 OMNIGLOT_FOLDER := data/downloads/omniglot
 
-.PHONY: repro test archives
+DATASET ?= sinusoid
+
+.PHONY: repro test archives sweep
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || python3 -m venv $(VENV)
@@ -30,3 +35,6 @@ repro: $(STAMP) archives
 
 test: $(STAMP)
 	python -m pytest -q
+
+sweep: repro
+	noisymaml sweep run --dataset $(DATASET)

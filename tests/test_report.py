@@ -162,15 +162,16 @@ def test_missing_method_is_reported_not_tabled(written):
 def test_plots_are_pngs_linked_from_report(written):
     out_dir, report = written
     for name in ("sinusoid_curves.png", "sinusoid_test.png", "omniglot_curves.png", "omniglot_test.png"):
-        assert (out_dir / name).read_bytes()[:8] == PNG_MAGIC
-        assert f"]({name})" in report
+        assert (out_dir / "figures" / name).read_bytes()[:8] == PNG_MAGIC
+        assert f"](figures/{name})" in report
 
 
 def test_identical_inputs_give_identical_files(workdir, written):
     first, _ = written
     write_report(Path("again"), _params())
-    names = sorted(p.name for p in first.iterdir())
-    assert names == sorted(p.name for p in Path("again").iterdir())
+    names = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
+    assert len(names) == 5
+    assert names == sorted(p.relative_to("again") for p in Path("again").rglob("*") if p.is_file())
     assert all((first / n).read_bytes() == (Path("again") / n).read_bytes() for n in names)
 
 
@@ -179,7 +180,7 @@ def test_no_results_yet(tmp_path, monkeypatch):
     write_report(Path("reports"), _params())
     report = (tmp_path / "reports" / REPORT_FILE).read_text()
     assert "Missing results (not in the table): MAML (`metrics/sinusoid/maml.json`)" in report
-    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == [REPORT_FILE]
+    assert [p.name for p in (tmp_path / "reports").rglob("*") if p.is_file()] == [REPORT_FILE]
 
 
 @pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"test": {}, "train_tasks": {}}',

@@ -1,4 +1,4 @@
-"""The sweep collector on a hand-made `dvc exp show --json` document."""
+"""The sweep: its queue commands, and the collector on a hand-made `dvc exp show --json` document."""
 
 from __future__ import annotations
 
@@ -10,19 +10,20 @@ from click.testing import CliRunner
 
 from noisymaml.cli import main
 from noisymaml.errors import DataError
-from noisymaml.sweep import finished_runs, sweep_table
+from noisymaml.sweep import choose, collect, queue_commands, sweep_rows, sweep_table, write_sweep_report
 
 METHODS = ("noisy_maml", "noisy_maml_feedback", "noisy_maml_continued")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def experiment(name: str, sigma: float, seed: int, val: float, test: float, state="success",
-               error=None) -> dict:
+def experiment(name: str, sigma: float, seed: int, val: float, test: float, where="both",
+               state="success", error=None) -> dict:
     groups = {"val": val, "test": test, "train_tasks": 0.5, "test_heldout_tasks": test + 0.1}
     metrics = {f"metrics/sinusoid/{method}.json": {"data": {
         group: {"loss_pre": value + 1, "loss_post": value} for group, value in groups.items()}}
         for method in METHODS}
     rev = {"rev": name, "name": name, "error": error, "data": {
-        "params": {"params.yaml": {"data": {"seed": seed, "noise": {"sigma": sigma}}}},
+        "params": {"params.yaml": {"data": {"seed": seed, "noise": {"sigma": sigma, "where": where}}}},
         "metrics": metrics}}
     return {"name": name, "executor": {"state": state} if state else None, "revs": [rev]}
 
@@ -36,37 +37,52 @@ def document(*experiments) -> list:
 def doc() -> list:
     return document(
         experiment("a", 0.0, 0, val=1.0, test=2.0),
-        experiment("b", 0.0, 1, val=3.0, test=2.0, state=None),  # finished, executor cleaned up
+        experiment("b", 0.0, 1, val=3.0, test=2.0, where="inner", state=None),  # executor cleaned up
         experiment("c", 0.5, 0, val=1.5, test=1.0),
         experiment("d", 0.5, 1, val=1.5, test=1.0),
+        experiment("e", 0.5, 0, val=2.5, test=0.5, where="inner"),
         experiment("queued", 0.2, 0, val=0.1, test=0.1, state="queued"),
-        experiment("failed", 0.2, 1, val=0.1, test=0.1, error={"msg": "diverged"}),
+        experiment("failed", 0.2, 1, val=0.1, test=0.1, state="failed", error={"msg": "diverged"}),
     )
 
 
-def test_only_finished_experiments_count(doc):
-    runs = finished_runs(doc)
-    assert sorted(run.name for run in runs) == ["a", "b", "c", "d"]
-    assert {(run.sigma, run.seed) for run in runs} == {(0.0, 0), (0.0, 1), (0.5, 0), (0.5, 1)}
+def test_sigma_zero_is_queued_once_per_seed_and_the_rest_per_placement():
+    commands = queue_commands("omniglot", (0.0, 0.01, 0.1), (0, 1), ("inner", "both"))
+    assert commands == [
+        ["dvc", "exp", "run", "--queue", "-S", "seed=0,1", "-S", "noise.sigma=0", "feedback@omniglot"],
+        ["dvc", "exp", "run", "--queue", "-S", "seed=0,1", "-S", "noise.sigma=0.01,0.1",
+         "-S", "noise.where=inner,both", "feedback@omniglot"]]
 
 
-def test_rows_are_means_and_ci_over_seeds(doc):
-    table = sweep_table(finished_runs(doc), "sinusoid")
-    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| 0")}
-    assert set(rows) == {"0", "0.5"}
-    # sigma 0: validation 1.0 and 3.0 -> mean 2, CI 1.96 * sqrt(2) / sqrt(2) = 1.96
-    assert "| 2.000 ± 1.960 |" in rows["0"]
-    assert "| 1.500 ± 0.000 |" in rows["0.5"]
-    assert "0, 1" in rows["0"]
+def test_finished_and_failed_experiments_are_told_apart(doc):
+    runs, failed = collect(doc)
+    assert sorted(run.name for run in runs) == ["a", "b", "c", "d", "e"]
+    assert [(f.name, f.error) for f in failed] == [("failed", "{'msg': 'diverged'}")]
+    assert "noise.sigma=0.2" in failed[0].params and "seed=1" in failed[0].params
+
+
+def test_rows_are_means_and_ci_over_seeds_and_sigma_zero_is_one_setting(doc):
+    rows = {(row.where, row.sigma): row for row in sweep_rows(collect(doc)[0], "sinusoid")}
+    assert set(rows) == {("off", 0.0), ("both", 0.5), ("inner", 0.5)}
+    # sigma 0, whatever noise.where says: validation 1.0 and 3.0 -> mean 2, CI 1.96 * sqrt(2) / sqrt(2)
+    mean, half = rows[("off", 0.0)].cells["validation, post"]
+    assert mean == pytest.approx(2.0) and half == pytest.approx(1.96)
+    assert rows[("off", 0.0)].seeds == [0, 1]
+    assert rows[("both", 0.5)].cells["validation, post"] == pytest.approx((1.5, 0.0))
+    assert rows[("inner", 0.5)].seeds == [0]
 
 
 def test_sigma_is_chosen_on_validation_alone(doc):
-    assert "sigma = 0.5." in sweep_table(finished_runs(doc), "sinusoid")
-    better_test_at_zero = copy.deepcopy(doc)
-    for entry in better_test_at_zero[0]["experiments"][:2]:
-        for metrics in entry["revs"][0]["data"]["metrics"].values():
-            metrics["data"]["test"]["loss_post"] = 0.0
-    assert "sigma = 0.5." in sweep_table(finished_runs(better_test_at_zero), "sinusoid")
+    chosen = choose(sweep_rows(collect(doc)[0], "sinusoid"), "sinusoid")
+    assert (chosen.where, chosen.sigma) == ("both", 0.5)
+    better_test_elsewhere = copy.deepcopy(doc)
+    for entry in better_test_elsewhere[0]["experiments"]:
+        if entry["name"] in ("a", "b", "e"):
+            for metrics in entry["revs"][0]["data"]["metrics"].values():
+                metrics["data"]["test"]["loss_post"] = 0.0
+    rows = sweep_rows(collect(better_test_elsewhere)[0], "sinusoid")
+    assert (choose(rows, "sinusoid").where, choose(rows, "sinusoid").sigma) == ("both", 0.5)
+    assert "noise.where = both, sigma = 0.5; its test score: 1.000 ± 0.000." in sweep_table(rows, "sinusoid")
 
 
 def test_accuracy_is_maximised_and_shown_in_percent(doc):
@@ -77,22 +93,46 @@ def test_accuracy_is_maximised_and_shown_in_percent(doc):
                        for g, d in content.items()}
             entry["revs"][0]["data"]["metrics"][path.replace("sinusoid", "omniglot")] = {
                 "data": renamed}
-    table = sweep_table(finished_runs(doc), "omniglot")
-    assert "sigma = 0." in table  # validation accuracy 20% beats 15%
+    table = sweep_table(sweep_rows(collect(doc)[0], "omniglot"), "omniglot")
+    assert "sigma = 0.5;" in table  # validation accuracy 25% (inner) beats 20% and 15%
+    assert "noise.where = inner" in table
     assert "20.00 ± 19.60 %" in table
 
 
-def test_missing_metrics_and_empty_documents_are_clear_errors(doc):
-    del doc[0]["experiments"][0]["revs"][0]["data"]["metrics"]["metrics/sinusoid/noisy_maml.json"]
-    with pytest.raises(DataError, match="experiment a: no `val.loss_post`"):
-        sweep_table(finished_runs(doc), "sinusoid")
+def test_missing_feedback_is_na_but_missing_noisy_maml_is_an_error(doc):
+    metrics = doc[0]["experiments"][2]["revs"][0]["data"]["metrics"]
+    del metrics["metrics/sinusoid/noisy_maml_feedback.json"]
+    row = next(r for r in sweep_rows(collect(doc)[0], "sinusoid") if r.where == "both")
+    assert row.cells["+ feedback, held-out test, post"] is None
+    assert "| n/a |" in sweep_table([row], "sinusoid")
+    del metrics["metrics/sinusoid/noisy_maml.json"]
+    with pytest.raises(DataError, match="experiment c: no number `val.loss_post`"):
+        sweep_rows(collect(doc)[0], "sinusoid")
     with pytest.raises(DataError, match="no finished experiments"):
-        sweep_table(finished_runs(document()), "sinusoid")
+        sweep_rows(collect(document())[0], "sinusoid")
 
 
-def test_command_reads_standard_input(doc):
-    result = CliRunner().invoke(main, ["sweep-table", "--dataset", "sinusoid"], input=json.dumps(doc))
+def test_report_file_with_plot_and_failed_runs(doc, tmp_path):
+    path = write_sweep_report(doc, "sinusoid", tmp_path)
+    text = path.read_text()
+    assert path.name == "sweep_sinusoid.md"
+    assert "![sinusoid sweep](sweep_sinusoid.png)" in text
+    assert (tmp_path / "sweep_sinusoid.png").read_bytes()[:8] == PNG_MAGIC
+    assert "- failed (noise.sigma=0.2 noise.where=both seed=1): {'msg': 'diverged'}" in text
+    assert "5 finished experiments" in text
+
+
+def test_report_command_reads_a_saved_document(doc, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["sweep", "report", "--dataset", "sinusoid", "--input", "-"],
+                                input=json.dumps(doc))
     assert result.exit_code == 0, result.output
-    assert result.output.startswith("| sigma | seeds |")
-    bad = CliRunner().invoke(main, ["sweep-table", "--dataset", "sinusoid"], input="not json")
+    assert (tmp_path / "reports" / "sweep_sinusoid.md").exists()
+    bad = CliRunner().invoke(main, ["sweep", "report", "--dataset", "sinusoid", "--input", "-"],
+                             input="not json")
     assert bad.exit_code == 2 and "not the JSON of `dvc exp show --json`" in bad.output
+
+
+def test_bad_grid_values_are_named():
+    result = CliRunner().invoke(main, ["sweep", "run", "--dataset", "sinusoid", "--sigmas", "0,x"])
+    assert result.exit_code == 2 and "0,x" in result.output

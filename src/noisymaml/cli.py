@@ -1,8 +1,9 @@
-"""The `noisymaml` command: `predict` on a user's images, `sweep-table` for a sigma sweep."""
+"""The `noisymaml` command: `predict` on a user's images, `sweep run|report` for a sigma sweep."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import click
@@ -10,7 +11,8 @@ import click
 from noisymaml.errors import DataError, stage
 from noisymaml.params import DATASETS
 from noisymaml.predict import predict_folders, summary, write_predictions
-from noisymaml.sweep import finished_runs, sweep_table
+from noisymaml.sweep import (PLACEMENTS, SEEDS, SIGMAS, queue_commands, run_queue,
+                             write_sweep_report)
 from noisymaml.training import resolve_device
 
 
@@ -59,19 +61,68 @@ def predict(model_file: Path, support_dir: Path, query_dir: Path, steps: int, in
     click.echo(summary(result, output))
 
 
-@main.command("sweep-table", short_help="Tabulate a sigma sweep from `dvc exp show --json`.")
+REPORTS = Path("reports")
+
+
+def _numbers(kind):
+    def parse(ctx, param, value: str):
+        try:
+            return tuple(kind(v) for v in value.split(","))
+        except ValueError:
+            raise click.BadParameter(f"expected comma-separated {kind.__name__} values, got {value!r}")
+    return parse
+
+
+@main.group()
+def sweep() -> None:
+    """A sigma x placement x seed sweep as DVC experiments, and its report in reports/."""
+
+
+@sweep.command("run", short_help="Queue the sweep, run it one experiment at a time, write the report.")
 @click.option("--dataset", required=True, type=click.Choice(list(DATASETS)))
-@click.option("--input", "source", default="-", type=click.File("r"), show_default=True,
-              help="The JSON written by `dvc exp show --json` (- = standard input).")
+@click.option("--sigmas", default=",".join(f"{s:g}" for s in SIGMAS), show_default=True,
+              callback=_numbers(float), help="noise.sigma values (0 = plain MAML, run once per seed).")
+@click.option("--seeds", default=",".join(map(str, SEEDS)), show_default=True, callback=_numbers(int))
+@click.option("--where", "placements", default=",".join(PLACEMENTS), show_default=True,
+              callback=_numbers(str), help="noise.where values (inner, outer, both).")
 @stage
-def sweep_table_command(dataset: str, source) -> None:
-    """Print one markdown row per sigma (mean ± 95% CI over seeds) and the sigma chosen on
-    validation tasks alone, e.g. `dvc exp show --json | noisymaml sweep-table --dataset sinusoid`."""
-    try:
-        doc = json.load(source)
-    except json.JSONDecodeError as err:
-        raise DataError(f"{source.name}: not the JSON of `dvc exp show --json` ({err})") from None
-    click.echo(sweep_table(finished_runs(doc), dataset))
+def sweep_run(dataset: str, sigmas, seeds, placements) -> None:
+    """Queue `dvc exp run` over the grid, run the queue with one worker, then write
+    reports/sweep_<dataset>.md. Needs a finished `make repro` (the archives in DVC's cache)."""
+    commands = queue_commands(dataset, sigmas, seeds, placements)
+    for command in commands:
+        click.echo("$ " + " ".join(command))
+    run_queue(commands, log=click.echo)
+    _write_report(dataset, _exp_show())
+
+
+@sweep.command("report", short_help="Write reports/sweep_<dataset>.md from the finished experiments.")
+@click.option("--dataset", required=True, type=click.Choice(list(DATASETS)))
+@click.option("--input", "source", default=None, type=click.File("r"),
+              help="JSON saved from `dvc exp show --json` (default: run it here; - = standard input).")
+@stage
+def sweep_report(dataset: str, source) -> None:
+    """Tabulate and plot the finished experiments: one row per (noise.where, sigma), mean ±
+    95% CI over seeds, and the configuration chosen on validation tasks alone."""
+    if source is None:
+        doc = _exp_show()
+    else:
+        try:
+            doc = json.load(source)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{source.name}: not the JSON of `dvc exp show --json` ({err})") from None
+    _write_report(dataset, doc)
+
+
+def _exp_show() -> list:
+    result = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise DataError(f"`dvc exp show --json` failed: {result.stderr.strip()}")
+    return json.loads(result.stdout)
+
+
+def _write_report(dataset: str, doc: list) -> None:
+    click.echo(f"[sweep] wrote {write_sweep_report(doc, dataset, REPORTS)}")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ FEEDBACK_VARIANTS = ("feedback", "continued")  # runs that go on from feedback.m
 PALETTE = ("tab:blue", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive",
            "tab:cyan", "tab:gray", "tab:green", "tab:red")
 REPORT_FILE = "report.md"
+FIGURES = "figures"
 REQUIRED_GROUPS = ("test", "train_tasks")
 # Table columns after the method label: (header, metrics group, pre or post adaptation).
 COLUMNS = (("test, post", "test", "post"),
@@ -260,10 +261,11 @@ class Settings:
 
 
 def write_report(out_dir: Path, params: dict) -> None:
-    """Write out_dir/report.md and its PNG plots from the metrics and curves on disk."""
+    """Write out_dir/report.md and its PNG plots (in out_dir/figures/, so that other reports,
+    e.g. sweeps, can live beside them) from the metrics and curves on disk."""
     settings = Settings.from_params(params)
     labels = method_labels(settings.reported_methods, settings.noise.sigma)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / FIGURES).mkdir(parents=True, exist_ok=True)
     sections = [_dataset_section(dataset, settings, labels, out_dir) for dataset in DATASETS]
     text = "\n\n".join(["# noisymaml report", _how_to_read(settings), _settings_list(settings), *sections])
     (out_dir / REPORT_FILE).write_text(text + "\n")
@@ -276,7 +278,7 @@ def _how_to_read(settings: Settings) -> str:
         "scored on the same fixed test episodes. Each meta-trained model is adapted to every test "
         "task with a few gradient steps on the task's support set; *pre* is the score before "
         "adaptation, *post* after it. Cells are the mean ± 95% confidence half-width over tasks "
-        f"(one seed, `seed` = {settings.seed}; means over seeds: `noisymaml sweep-table`). The "
+        f"(one seed, `seed` = {settings.seed}; means over seeds: `noisymaml sweep report`). The "
         "**memorisation index** is the "
         f"pre-adaptation score on {MEMORISATION_TASKS} fixed training tasks: a model that solves "
         "its training tasks without adapting has memorised them (meta-overfitting) instead of "
@@ -353,7 +355,8 @@ def _dataset_section(dataset: str, settings: Settings, labels: dict[str, str], o
     lines += _missing("results (not in the table)", metrics, metrics_path, dataset, labels)
     lines += _missing("learning curves", curves, curve_path, dataset, labels)
     if curves:
-        plot_curves(align_curves(curves, settings.feedback.method), measure, labels, out_dir / _image(dataset, "curves"), chance)
+        plot_curves(align_curves(curves, settings.feedback.method), measure, labels,
+                    out_dir / _image(dataset, "curves"), chance)
         lines += ["", f"![{dataset} learning curves]({_image(dataset, 'curves')})"]
     if metrics:
         plot_test(metrics, measure, labels, out_dir / _image(dataset, "test"), chance)
@@ -362,7 +365,8 @@ def _dataset_section(dataset: str, settings: Settings, labels: dict[str, str], o
 
 
 def _image(dataset: str, kind: str) -> str:
-    return f"{dataset}_{kind}.png"
+    """A plot's path relative to the report."""
+    return f"{FIGURES}/{dataset}_{kind}.png"
 
 
 def _missing(what: str, found: dict, path_of: Callable[[str, str], Path], dataset: str,

@@ -1,22 +1,34 @@
-"""A sigma sweep as a table: `dvc exp show --json` -> one row per sigma, mean ± 95% CI over seeds.
+"""The sigma sweep: queue it as DVC experiments, then tabulate and plot what finished.
 
-    dvc exp show --json | noisymaml sweep-table --dataset sinusoid
+    noisymaml sweep run --dataset sinusoid        # queue, run one at a time, write the report
+    noisymaml sweep report --dataset sinusoid     # (re)write it from `dvc exp show --json`
 
-Only finished experiments count (queued, running and failed ones are left out). Sigma is
-chosen on the validation tasks alone; the test columns are reported, never used to choose.
+Every run is a `dvc exp run` of the noisy chain (`feedback@<dataset>`, which trains noisy MAML,
+evaluates it and runs the feedback ablation) at one (noise.where, noise.sigma, seed); sigma 0
+is run once per seed (noise off: the placement means nothing) and is plain MAML. Rows are
+means ± 95% CI over seeds. The configuration is chosen on the validation tasks alone; the test
+columns are reported, never used to choose. Failed experiments are listed, not dropped silently.
 """
 
 from __future__ import annotations
 
+import subprocess
+import time
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from matplotlib.figure import Figure
 
-from noisymaml.errors import DataError
+from noisymaml.errors import DataError, NoisyMamlError
 from noisymaml.metrics import mean_ci95
 from noisymaml.paths import metrics_path
 
+SIGMAS = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0)  # log-spaced, and 0 (plain MAML)
+SEEDS = (0, 1, 2)
+PLACEMENTS = ("inner", "outer", "both")
+NO_NOISE = "off"
 # (column title, method, metrics group, pre/post)
 COLUMNS = (
     ("validation, post", "noisy_maml", "val", "post"),
@@ -26,72 +38,225 @@ COLUMNS = (
     ("continued without feedback, held-out test, post", "noisy_maml_continued",
      "test_heldout_tasks", "post"),
 )
+REQUIRED = "noisy_maml"  # every sweep run trains and evaluates it
+PLOTTED = (("test, post", "test tasks, post-adaptation"),
+           ("memorisation index (training tasks, pre)", "memorisation index (training tasks, pre)"))
+PLACEMENT_COLORS = {NO_NOISE: "black", "inner": "tab:blue", "outer": "tab:orange", "both": "tab:green"}
 
 
 @dataclass(frozen=True)
 class SweepRun:
     name: str
     sigma: float
+    where: str
     seed: int
     metrics: dict[str, dict]  # metrics file path -> its content
 
+    @property
+    def setting(self) -> tuple[str, float]:
+        """(placement, sigma); every sigma-0 run is the one no-noise setting."""
+        return (NO_NOISE, 0.0) if self.sigma == 0 else (self.where, self.sigma)
 
-def finished_runs(doc: list) -> list[SweepRun]:
-    """The finished experiments of a `dvc exp show --json` document."""
-    runs = []
+
+@dataclass(frozen=True)
+class FailedRun:
+    name: str
+    params: str
+    error: str
+
+
+# --- queueing -----------------------------------------------------------------------------
+
+def queue_commands(dataset: str, sigmas=SIGMAS, seeds=SEEDS, placements=PLACEMENTS) -> list[list[str]]:
+    """`dvc exp run --queue` grids: sigma 0 once per seed, every other sigma per placement."""
+    def grid(key: str, values) -> list[str]:
+        return ["-S", f"{key}={','.join(f'{v:g}' if isinstance(v, float) else str(v) for v in values)}"]
+
+    target = f"feedback@{dataset}"
+    base = ["dvc", "exp", "run", "--queue", *grid("seed", seeds)]
+    commands = []
+    if 0 in sigmas:
+        commands.append([*base, *grid("noise.sigma", [0.0]), target])
+    noisy = [s for s in sigmas if s != 0]
+    if noisy:
+        commands.append([*base, *grid("noise.sigma", noisy), *grid("noise.where", placements), target])
+    return commands
+
+
+def run_queue(commands: list[list[str]], poll_seconds: float = 30.0, log=print) -> None:
+    """Queue the experiments, run them one at a time (two torch runs on a small CPU each slow
+    down several-fold), and wait until the queue is empty."""
+    for command in commands:
+        _checked(command)
+    _checked(["dvc", "queue", "start", "--jobs", "1"])
+    while True:
+        status = _checked(["dvc", "queue", "status"])
+        waiting = [line for line in status.splitlines() if " Queued " in f" {line} " or
+                   " Running " in f" {line} "]
+        if not waiting:
+            return
+        log(f"[sweep] {len(waiting)} experiment(s) queued or running")
+        time.sleep(poll_seconds)
+
+
+def _checked(command: list[str]) -> str:
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise NoisyMamlError(f"`{' '.join(command)}` failed: {result.stderr.strip() or result.stdout.strip()}")
+    return result.stdout
+
+
+# --- collecting ---------------------------------------------------------------------------
+
+def collect(doc: list) -> tuple[list[SweepRun], list[FailedRun]]:
+    """Finished and failed experiments of a `dvc exp show --json` document (queued and
+    running ones are left out)."""
+    runs, failed = [], []
     for baseline in doc:
         for experiment in baseline.get("experiments") or []:
             executor = experiment.get("executor") or {"state": "success"}
-            if executor.get("state") != "success":  # queued, running or failed
-                continue
             rev = experiment["revs"][0]
-            if rev.get("error") or not rev.get("data"):
+            params = ((rev.get("data") or {}).get("params") or {}).get("params.yaml", {}).get("data", {})
+            noise = params.get("noise", {})
+            described = (f"noise.sigma={noise.get('sigma')} noise.where={noise.get('where')} "
+                         f"seed={params.get('seed')}")
+            if executor.get("state") == "failed" or rev.get("error"):
+                failed.append(FailedRun(rev["name"], described, str(rev.get("error") or "failed")))
                 continue
-            params = rev["data"]["params"]["params.yaml"]["data"]
+            if executor.get("state") != "success" or not rev.get("data"):
+                continue
             metrics = {path: m["data"] for path, m in rev["data"]["metrics"].items() if "data" in m}
-            runs.append(SweepRun(rev["name"], params["noise"]["sigma"], params["seed"], metrics))
-    return runs
+            runs.append(SweepRun(rev["name"], noise["sigma"], noise.get("where", "both"),
+                                 params["seed"], metrics))
+    return runs, failed
 
 
-def sweep_table(runs: list[SweepRun], dataset: str) -> str:
-    """Markdown: a row per sigma, mean ± 1.96·SE over seeds, and the sigma chosen on validation."""
+@dataclass(frozen=True)
+class Row:
+    where: str
+    sigma: float
+    seeds: list[int]
+    cells: dict[str, tuple[float, float] | None]  # column title -> (mean, 95% half-width)
+
+
+def sweep_rows(runs: list[SweepRun], dataset: str) -> list[Row]:
+    """One row per (placement, sigma), means ± 95% CI over seeds; the no-noise row first."""
     if not runs:
-        raise DataError("no finished experiments in the document (run `dvc queue start`, then "
-                        "`dvc exp show --json`)")
-    key = "acc" if dataset == "omniglot" else "loss"
-    by_sigma: dict[float, list[SweepRun]] = defaultdict(list)
+        raise DataError("no finished experiments in the document (queue them with `noisymaml "
+                        "sweep run`, or wait for `dvc queue status` to show them done)")
+    key = metric_key(dataset)
+    groups: dict[tuple[str, float], list[SweepRun]] = defaultdict(list)
     for run in runs:
-        by_sigma[run.sigma].append(run)
-    lines = ["| sigma | seeds | " + " | ".join(title for title, *_ in COLUMNS) + " |",
-             "| --: | :-- |" + " --: |" * len(COLUMNS)]
-    validation = {}
-    for sigma in sorted(by_sigma):
-        group = by_sigma[sigma]
-        cells = []
+        groups[run.setting].append(run)
+    order = sorted(groups, key=lambda s: (s[0] != NO_NOISE, PLACEMENTS.index(s[0])
+                                          if s[0] in PLACEMENTS else -1, s[1]))
+    rows = []
+    for where, sigma in order:
+        group = groups[(where, sigma)]
+        cells = {}
         for title, method, part, stage in COLUMNS:
             values = [_value(run, dataset, method, part, f"{key}_{stage}") for run in group]
-            mean, half = mean_ci95(torch.tensor(values, dtype=torch.float64))
-            cells.append(_format(mean, half, key))
-            if part == "val":
-                validation[sigma] = mean
-        seeds = ", ".join(str(s) for s in sorted(run.seed for run in group))
-        lines.append(f"| {sigma:g} | {seeds} | " + " | ".join(cells) + " |")
-    best = (max if key == "acc" else min)(validation, key=validation.get)
-    lines.append("")
-    lines.append(f"Chosen on validation {'accuracy' if key == 'acc' else 'MSE'} alone: "
-                 f"sigma = {best:g}.")
+            present = [v for v in values if v is not None]
+            cells[title] = (mean_ci95(torch.tensor(present, dtype=torch.float64))
+                            if len(present) == len(values) else None)
+        rows.append(Row(where, sigma, sorted(run.seed for run in group), cells))
+    return rows
+
+
+def choose(rows: list[Row], dataset: str) -> Row:
+    """The row with the best validation score: test columns never enter."""
+    better = max if metric_key(dataset) == "acc" else min
+    return better(rows, key=lambda row: row.cells["validation, post"][0])
+
+
+def metric_key(dataset: str) -> str:
+    return "acc" if dataset == "omniglot" else "loss"
+
+
+def _value(run: SweepRun, dataset: str, method: str, part: str, key: str) -> float | None:
+    """A metric of one run; None when a feedback file is absent (feedback not run), an error
+    when noisy MAML's own file or a value is missing."""
+    path = metrics_path(dataset, method).as_posix()
+    if path not in run.metrics and method != REQUIRED:
+        return None
+    try:
+        return float(run.metrics[path][part][key])
+    except (KeyError, TypeError, ValueError):
+        raise DataError(f"experiment {run.name}: no number `{part}.{key}` in {path}") from None
+
+
+# --- writing ------------------------------------------------------------------------------
+
+def sweep_table(rows: list[Row], dataset: str) -> str:
+    key = metric_key(dataset)
+    header = ["noise.where", "sigma", "seeds", *(title for title, *_ in COLUMNS)]
+    lines = ["| " + " | ".join(header) + " |", "| :-- | --: | :-- |" + " --: |" * len(COLUMNS)]
+    for row in rows:
+        cells = [_format(row.cells[title], key) for title, *_ in COLUMNS]
+        lines.append(f"| {row.where} | {row.sigma:g} | {', '.join(map(str, row.seeds))} | "
+                     + " | ".join(cells) + " |")
+    chosen = choose(rows, dataset)
+    test = _format(chosen.cells["test, post"], key)
+    lines += ["", f"Chosen on validation {'accuracy' if key == 'acc' else 'MSE'} alone: "
+                  f"noise.where = {chosen.where}, sigma = {chosen.sigma:g}; its test score: {test}."]
     return "\n".join(lines)
 
 
-def _value(run: SweepRun, dataset: str, method: str, part: str, key: str) -> float:
-    path = metrics_path(dataset, method).as_posix()
-    try:
-        return float(run.metrics[path][part][key])
-    except KeyError:
-        raise DataError(f"experiment {run.name}: no `{part}.{key}` in {path}") from None
+def plot_sweep(rows: list[Row], dataset: str, path: Path) -> None:
+    """Test post-adaptation score and memorisation index against sigma, one line per placement
+    (each starting from the shared sigma-0 point), error bars = 95% CI over seeds."""
+    key = metric_key(dataset)
+    shown = (lambda v: 100 * v) if key == "acc" else (lambda v: v)
+    unit = "accuracy (%)" if key == "acc" else "MSE"
+    figure = Figure(figsize=(11, 4.2), layout="constrained")
+    panels = figure.subplots(1, 2, sharex=True)
+    baseline = [row for row in rows if row.where == NO_NOISE]
+    positive = [row.sigma for row in rows if row.sigma > 0]
+    for axes, (title, label) in zip(panels, PLOTTED):
+        for where in PLACEMENTS:
+            line = baseline + [row for row in rows if row.where == where]
+            if len(line) == len(baseline):
+                continue
+            cells = [row.cells[title] for row in line]
+            axes.errorbar([row.sigma for row in line], [shown(c[0]) for c in cells],
+                          yerr=[shown(c[1]) for c in cells], marker="o", capsize=3,
+                          color=PLACEMENT_COLORS[where], label=f"noise.where = {where}")
+        if positive:
+            axes.set_xscale("symlog", linthresh=min(positive))
+        axes.set(title=label, xlabel="sigma (0 = plain MAML)", ylabel=unit)
+        axes.grid(alpha=0.3)
+    panels[0].legend(fontsize="small")
+    figure.savefig(path, dpi=100, metadata={"Software": None})
 
 
-def _format(mean: float, half: float, key: str) -> str:
+def write_sweep_report(doc: list, dataset: str, out_dir: Path) -> Path:
+    """reports/sweep_<dataset>.md and its plot, from a `dvc exp show --json` document."""
+    runs, failed = collect(doc)
+    rows = sweep_rows(runs, dataset)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    image = f"sweep_{dataset}.png"
+    plot_sweep(rows, dataset, out_dir / image)
+    unit = "accuracy" if metric_key(dataset) == "acc" else "MSE"
+    lines = [f"# Sigma sweep: {dataset}", "",
+             f"{len(runs)} finished experiments; cells are the mean ± 95% CI over seeds of the "
+             f"per-run {unit} (each run's own value is a mean over its fixed episodes). The "
+             "memorisation index is the pre-adaptation score on training tasks. Feedback columns "
+             "are scored on the held-out test tasks.", "",
+             sweep_table(rows, dataset), "", f"![{dataset} sweep]({image})"]
+    if failed:
+        lines += ["", "Failed experiments (not in the table):", "",
+                  *(f"- {f.name} ({f.params}): {f.error}" for f in failed)]
+    lines += ["", f"Re-run: `noisymaml sweep run --dataset {dataset}`; rewrite from the "
+                  f"experiments: `noisymaml sweep report --dataset {dataset}`."]
+    path = out_dir / f"sweep_{dataset}.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _format(cell: tuple[float, float] | None, key: str) -> str:
+    if cell is None:
+        return "n/a"
+    mean, half = cell
     if key == "acc":
         return f"{100 * mean:.2f} ± {100 * half:.2f} %"
     return f"{mean:.3f} ± {half:.3f}"
