@@ -16,6 +16,8 @@ OMNIGLOT_ARCHIVES ?= ../shared/data/omniglot
 OMNIGLOT_FOLDER := data/downloads/omniglot
 
 DATASET ?= sinusoid
+# Extra options of `noisymaml sweep run`, e.g. SWEEP_ARGS='--sigmas 0,0.01,0.1 --seeds 0 --no-feedback'
+SWEEP_ARGS ?=
 
 .PHONY: repro test archives sweep
 
@@ -37,4 +39,4 @@ test: $(STAMP)
 	python -m pytest -q
 
 sweep: repro
-	noisymaml sweep run --dataset $(DATASET)
+	noisymaml sweep run --dataset $(DATASET) $(SWEEP_ARGS)

@@ -226,3 +226,15 @@ def test_experiment_in_a_temporary_copy_gets_the_archives_from_the_cache(project
                  project)
     assert "Running stage 'train_noisy@omniglot-maml'" in result.stdout
     assert "Running stage 'fetch'" not in result.stdout
+
+
+def test_noisy_maml_at_sigma_zero_is_maml_through_the_stages(tmp_path: Path):
+    params = tiny_params()
+    params["noise"]["sigma"] = 0.0
+    copy_project(tmp_path, params)
+    run([sys.executable, "stages/episodes.py", "sinusoid"], tmp_path)
+    for method in ("maml", "noisy_maml"):
+        run([sys.executable, "stages/train.py", "sinusoid", method], tmp_path)
+        run([sys.executable, "stages/evaluate.py", "sinusoid", method], tmp_path)
+    metrics = tmp_path / "metrics" / "sinusoid"
+    assert (metrics / "noisy_maml.json").read_bytes() == (metrics / "maml.json").read_bytes()

@@ -18,9 +18,11 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def experiment(name: str, sigma: float, seed: int, val: float, test: float, where="both",
                state="success", error=None) -> dict:
-    groups = {"val": val, "test": test, "train_tasks": 0.5, "test_heldout_tasks": test + 0.1}
+    groups = {"val": val, "test": test, "train_tasks": 0.5, "test_heldout_tasks": test + 0.1,
+              "test_feedback_tasks": test - 0.1}
     metrics = {f"metrics/sinusoid/{method}.json": {"data": {
-        group: {"loss_pre": value + 1, "loss_post": value} for group, value in groups.items()}}
+        group: {"loss_pre": value + 1, "loss_post": value, "loss_post_ci95": 0.05}
+        for group, value in groups.items()}}
         for method in METHODS}
     rev = {"rev": name, "name": name, "error": error, "data": {
         "params": {"params.yaml": {"data": {"seed": seed, "noise": {"sigma": sigma, "where": where}}}},
@@ -52,6 +54,9 @@ def test_sigma_zero_is_queued_once_per_seed_and_the_rest_per_placement():
         ["dvc", "exp", "run", "--queue", "-S", "seed=0,1", "-S", "noise.sigma=0", "feedback@omniglot"],
         ["dvc", "exp", "run", "--queue", "-S", "seed=0,1", "-S", "noise.sigma=0.01,0.1",
          "-S", "noise.where=inner,both", "feedback@omniglot"]]
+    quick = queue_commands("sinusoid", (0.0,), (3,), ("both",), feedback=False)
+    assert quick == [["dvc", "exp", "run", "--queue", "-S", "seed=3", "-S", "noise.sigma=0",
+                      "evaluate_noisy@sinusoid-maml"]]
 
 
 def test_finished_and_failed_experiments_are_told_apart(doc):
@@ -70,6 +75,11 @@ def test_rows_are_means_and_ci_over_seeds_and_sigma_zero_is_one_setting(doc):
     assert rows[("off", 0.0)].seeds == [0, 1]
     assert rows[("both", 0.5)].cells["validation, post"] == pytest.approx((1.5, 0.0))
     assert rows[("inner", 0.5)].seeds == [0]
+    # a single seed: the run's own CI over its episodes (here 0.05), not a zero-width "CI over seeds"
+    assert rows[("inner", 0.5)].cells["validation, post"] == pytest.approx((2.5, 0.05))
+    assert rows[("both", 0.5)].cells["+ feedback, feedback test tasks, post"] == pytest.approx((0.9, 0.0))
+    assert rows[("both", 0.5)].cells["continued without feedback, held-out test, post"] == \
+        pytest.approx((1.1, 0.0))
 
 
 def test_sigma_is_chosen_on_validation_alone(doc):

@@ -85,11 +85,13 @@ def sweep() -> None:
 @click.option("--seeds", default=",".join(map(str, SEEDS)), show_default=True, callback=_numbers(int))
 @click.option("--where", "placements", default=",".join(PLACEMENTS), show_default=True,
               callback=_numbers(str), help="noise.where values (inner, outer, both).")
+@click.option("--feedback/--no-feedback", default=True, show_default=True,
+              help="Also run the feedback ablation in every experiment (about twice the time).")
 @stage
-def sweep_run(dataset: str, sigmas, seeds, placements) -> None:
+def sweep_run(dataset: str, sigmas, seeds, placements, feedback: bool) -> None:
     """Queue `dvc exp run` over the grid, run the queue with one worker, then write
     reports/sweep_<dataset>.md. Needs a finished `make repro` (the archives in DVC's cache)."""
-    commands = queue_commands(dataset, sigmas, seeds, placements)
+    commands = queue_commands(dataset, sigmas, seeds, placements, feedback)
     for command in commands:
         click.echo("$ " + " ".join(command))
     run_queue(commands, log=click.echo)

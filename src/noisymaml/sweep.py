@@ -4,7 +4,8 @@
     noisymaml sweep report --dataset sinusoid     # (re)write it from `dvc exp show --json`
 
 Every run is a `dvc exp run` of the noisy chain (`feedback@<dataset>`, which trains noisy MAML,
-evaluates it and runs the feedback ablation) at one (noise.where, noise.sigma, seed); sigma 0
+evaluates it and runs the feedback ablation; or only up to the evaluation) at one
+(noise.where, noise.sigma, seed); sigma 0
 is run once per seed (noise off: the placement means nothing) and is plain MAML. Rows are
 means ± 95% CI over seeds. The configuration is chosen on the validation tasks alone; the test
 columns are reported, never used to choose. Failed experiments are listed, not dropped silently.
@@ -37,6 +38,9 @@ COLUMNS = (
     ("+ feedback, held-out test, post", "noisy_maml_feedback", "test_heldout_tasks", "post"),
     ("continued without feedback, held-out test, post", "noisy_maml_continued",
      "test_heldout_tasks", "post"),
+    ("+ feedback, feedback test tasks, post", "noisy_maml_feedback", "test_feedback_tasks", "post"),
+    ("continued without feedback, feedback test tasks, post", "noisy_maml_continued",
+     "test_feedback_tasks", "post"),
 )
 REQUIRED = "noisy_maml"  # every sweep run trains and evaluates it
 PLOTTED = (("test, post", "test tasks, post-adaptation"),
@@ -67,12 +71,15 @@ class FailedRun:
 
 # --- queueing -----------------------------------------------------------------------------
 
-def queue_commands(dataset: str, sigmas=SIGMAS, seeds=SEEDS, placements=PLACEMENTS) -> list[list[str]]:
-    """`dvc exp run --queue` grids: sigma 0 once per seed, every other sigma per placement."""
+def queue_commands(dataset: str, sigmas=SIGMAS, seeds=SEEDS, placements=PLACEMENTS,
+                   feedback: bool = True) -> list[list[str]]:
+    """`dvc exp run --queue` grids: sigma 0 once per seed, every other sigma per placement.
+
+    Without feedback each run stops after evaluating noisy MAML (about half the time)."""
     def grid(key: str, values) -> list[str]:
         return ["-S", f"{key}={','.join(f'{v:g}' if isinstance(v, float) else str(v) for v in values)}"]
 
-    target = f"feedback@{dataset}"
+    target = f"feedback@{dataset}" if feedback else f"evaluate_noisy@{dataset}-maml"
     base = ["dvc", "exp", "run", "--queue", *grid("seed", seeds)]
     commands = []
     if 0 in sigmas:
@@ -156,9 +163,12 @@ def sweep_rows(runs: list[SweepRun], dataset: str) -> list[Row]:
         cells = {}
         for title, method, part, stage in COLUMNS:
             values = [_value(run, dataset, method, part, f"{key}_{stage}") for run in group]
-            present = [v for v in values if v is not None]
-            cells[title] = (mean_ci95(torch.tensor(present, dtype=torch.float64))
-                            if len(present) == len(values) else None)
+            if any(v is None for v in values):
+                cells[title] = None
+            elif len(values) == 1:  # one seed: the run's own CI over its episodes
+                cells[title] = values[0]
+            else:
+                cells[title] = mean_ci95(torch.tensor([v[0] for v in values], dtype=torch.float64))
         rows.append(Row(where, sigma, sorted(run.seed for run in group), cells))
     return rows
 
@@ -173,14 +183,16 @@ def metric_key(dataset: str) -> str:
     return "acc" if dataset == "omniglot" else "loss"
 
 
-def _value(run: SweepRun, dataset: str, method: str, part: str, key: str) -> float | None:
-    """A metric of one run; None when a feedback file is absent (feedback not run), an error
-    when noisy MAML's own file or a value is missing."""
+def _value(run: SweepRun, dataset: str, method: str, part: str,
+           key: str) -> tuple[float, float] | None:
+    """(mean, 95% CI over episodes) of a metric of one run; None when a feedback file is absent
+    (feedback not run), an error when noisy MAML's own file or a value is missing."""
     path = metrics_path(dataset, method).as_posix()
     if path not in run.metrics and method != REQUIRED:
         return None
     try:
-        return float(run.metrics[path][part][key])
+        summary = run.metrics[path][part]
+        return float(summary[key]), float(summary.get(f"{key}_ci95", 0.0))
     except (KeyError, TypeError, ValueError):
         raise DataError(f"experiment {run.name}: no number `{part}.{key}` in {path}") from None
 
@@ -239,9 +251,11 @@ def write_sweep_report(doc: list, dataset: str, out_dir: Path) -> Path:
     unit = "accuracy" if metric_key(dataset) == "acc" else "MSE"
     lines = [f"# Sigma sweep: {dataset}", "",
              f"{len(runs)} finished experiments; cells are the mean ± 95% CI over seeds of the "
-             f"per-run {unit} (each run's own value is a mean over its fixed episodes). The "
-             "memorisation index is the pre-adaptation score on training tasks. Feedback columns "
-             "are scored on the held-out test tasks.", "",
+             f"per-run {unit} (each run's own value is a mean over its fixed episodes; a row with "
+             "a single seed shows that run's 95% CI over its episodes instead). The "
+             "memorisation index is the pre-adaptation score on training tasks. The feedback "
+             "ablation (feedback against the same extra iterations without it) is scored on the "
+             "held-out test tasks and on the test tasks that fed back their gradients.", "",
              sweep_table(rows, dataset), "", f"![{dataset} sweep]({image})"]
     if failed:
         lines += ["", "Failed experiments (not in the table):", "",
