@@ -60,14 +60,42 @@ def test_sigma_zero_is_queued_once_per_seed_and_the_rest_per_placement():
 
 
 def test_finished_and_failed_experiments_are_told_apart(doc):
-    runs, failed = collect(doc)
+    runs, failed = collect(doc, "sinusoid")
     assert sorted(run.name for run in runs) == ["a", "b", "c", "d", "e"]
     assert [(f.name, f.error) for f in failed] == [("failed", "{'msg': 'diverged'}")]
     assert "noise.sigma=0.2" in failed[0].params and "seed=1" in failed[0].params
 
 
+def test_experiments_of_another_datasets_sweep_are_left_out():
+    """A sinusoid sweep leaves the omniglot metrics as the baseline's: they are not omniglot runs."""
+    omniglot = {"metrics/omniglot/noisy_maml.json": {"data": {"test": {"acc_post": 0.4}}}}
+    base = experiment("main", 0.1, 0, 9.0, 9.0)
+    base["revs"][0]["data"]["metrics"] |= omniglot
+    sinusoid_only = experiment("sin", 0.5, 1, 1.0, 1.0)
+    sinusoid_only["revs"][0]["data"]["metrics"] |= omniglot
+    own = experiment("omni", 0.5, 1, 1.0, 1.0)
+    own["revs"][0]["data"]["metrics"] |= {
+        "metrics/omniglot/noisy_maml.json": {"data": {"test": {"acc_post": 0.3}}}}
+    unchanged = experiment("same", 0.1, 0, 1.0, 1.0)  # the baseline's own settings re-run
+    unchanged["revs"][0]["data"]["metrics"] |= omniglot
+    doc = [{**base["revs"][0], "experiments": [sinusoid_only, own, unchanged]}]
+    assert sorted(run.name for run in collect(doc, "omniglot")[0]) == ["omni", "same"]
+    assert sorted(run.name for run in collect(doc, "sinusoid")[0]) == ["omni", "same", "sin"]
+
+
+def test_feedback_not_run_shows_na_not_the_baselines_numbers():
+    base = experiment("main", 0.1, 0, 9.0, 9.0)
+    quick = experiment("quick", 0.5, 1, 1.0, 1.0)
+    for path in ("metrics/sinusoid/noisy_maml_feedback.json", "metrics/sinusoid/noisy_maml_continued.json"):
+        quick["revs"][0]["data"]["metrics"][path] = base["revs"][0]["data"]["metrics"][path]
+    doc = [{**base["revs"][0], "experiments": [quick]}]
+    [row] = sweep_rows(collect(doc, "sinusoid")[0], "sinusoid")
+    assert row.cells["+ feedback, held-out test, post"] is None
+    assert row.cells["test, post"] == pytest.approx((1.0, 0.05))
+
+
 def test_rows_are_means_and_ci_over_seeds_and_sigma_zero_is_one_setting(doc):
-    rows = {(row.where, row.sigma): row for row in sweep_rows(collect(doc)[0], "sinusoid")}
+    rows = {(row.where, row.sigma): row for row in sweep_rows(collect(doc, "sinusoid")[0], "sinusoid")}
     assert set(rows) == {("off", 0.0), ("both", 0.5), ("inner", 0.5)}
     # sigma 0, whatever noise.where says: validation 1.0 and 3.0 -> mean 2, CI 1.96 * sqrt(2) / sqrt(2)
     mean, half = rows[("off", 0.0)].cells["validation, post"]
@@ -83,14 +111,14 @@ def test_rows_are_means_and_ci_over_seeds_and_sigma_zero_is_one_setting(doc):
 
 
 def test_sigma_is_chosen_on_validation_alone(doc):
-    chosen = choose(sweep_rows(collect(doc)[0], "sinusoid"), "sinusoid")
+    chosen = choose(sweep_rows(collect(doc, "sinusoid")[0], "sinusoid"), "sinusoid")
     assert (chosen.where, chosen.sigma) == ("both", 0.5)
     better_test_elsewhere = copy.deepcopy(doc)
     for entry in better_test_elsewhere[0]["experiments"]:
         if entry["name"] in ("a", "b", "e"):
             for metrics in entry["revs"][0]["data"]["metrics"].values():
                 metrics["data"]["test"]["loss_post"] = 0.0
-    rows = sweep_rows(collect(better_test_elsewhere)[0], "sinusoid")
+    rows = sweep_rows(collect(better_test_elsewhere, "sinusoid")[0], "sinusoid")
     assert (choose(rows, "sinusoid").where, choose(rows, "sinusoid").sigma) == ("both", 0.5)
     assert "noise.where = both, sigma = 0.5; its test score: 1.000 ± 0.000." in sweep_table(rows, "sinusoid")
 
@@ -103,7 +131,7 @@ def test_accuracy_is_maximised_and_shown_in_percent(doc):
                        for g, d in content.items()}
             entry["revs"][0]["data"]["metrics"][path.replace("sinusoid", "omniglot")] = {
                 "data": renamed}
-    table = sweep_table(sweep_rows(collect(doc)[0], "omniglot"), "omniglot")
+    table = sweep_table(sweep_rows(collect(doc, "omniglot")[0], "omniglot"), "omniglot")
     assert "sigma = 0.5;" in table  # validation accuracy 25% (inner) beats 20% and 15%
     assert "noise.where = inner" in table
     assert "20.00 ± 19.60 %" in table
@@ -112,14 +140,14 @@ def test_accuracy_is_maximised_and_shown_in_percent(doc):
 def test_missing_feedback_is_na_but_missing_noisy_maml_is_an_error(doc):
     metrics = doc[0]["experiments"][2]["revs"][0]["data"]["metrics"]
     del metrics["metrics/sinusoid/noisy_maml_feedback.json"]
-    row = next(r for r in sweep_rows(collect(doc)[0], "sinusoid") if r.where == "both")
+    row = next(r for r in sweep_rows(collect(doc, "sinusoid")[0], "sinusoid") if r.where == "both")
     assert row.cells["+ feedback, held-out test, post"] is None
     assert "| n/a |" in sweep_table([row], "sinusoid")
     del metrics["metrics/sinusoid/noisy_maml.json"]
-    with pytest.raises(DataError, match="experiment c: no number `val.loss_post`"):
-        sweep_rows(collect(doc)[0], "sinusoid")
+    with pytest.raises(DataError, match="experiment c: no metrics/sinusoid/noisy_maml.json"):
+        sweep_rows(collect(doc, "sinusoid")[0], "sinusoid")
     with pytest.raises(DataError, match="no finished experiments"):
-        sweep_rows(collect(document())[0], "sinusoid")
+        sweep_rows(collect(document(), "sinusoid")[0], "sinusoid")
 
 
 def test_report_file_with_plot_and_failed_runs(doc, tmp_path):

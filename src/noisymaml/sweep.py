@@ -115,15 +115,35 @@ def _checked(command: list[str]) -> str:
 
 # --- collecting ---------------------------------------------------------------------------
 
-def collect(doc: list) -> tuple[list[SweepRun], list[FailedRun]]:
-    """Finished and failed experiments of a `dvc exp show --json` document (queued and
-    running ones are left out)."""
+def _params_of(rev: dict) -> dict:
+    return ((rev.get("data") or {}).get("params") or {}).get("params.yaml", {}).get("data", {})
+
+
+def _metrics_of(rev: dict) -> dict[str, dict]:
+    metrics = (rev.get("data") or {}).get("metrics") or {}
+    return {path: m["data"] for path, m in metrics.items() if "data" in m}
+
+
+def _own_metrics(params: dict, metrics: dict, baseline: dict) -> dict[str, dict]:
+    """The metrics files an experiment produced itself. DVC lists every metrics file of the
+    workspace: those of stages the experiment did not run (another dataset's, or feedback after
+    `--no-feedback`) still hold the baseline's values although noise or seed changed."""
+    base_params = _params_of(baseline)
+    if all(params.get(key) == base_params.get(key) for key in ("noise", "seed")):
+        return metrics
+    base = _metrics_of(baseline)
+    return {path: content for path, content in metrics.items() if content != base.get(path)}
+
+
+def collect(doc: list, dataset: str) -> tuple[list[SweepRun], list[FailedRun]]:
+    """Finished experiments that ran `dataset`'s noisy chain, and failed experiments, of a
+    `dvc exp show --json` document (queued and running ones are left out)."""
     runs, failed = [], []
     for baseline in doc:
         for experiment in baseline.get("experiments") or []:
             executor = experiment.get("executor") or {"state": "success"}
             rev = experiment["revs"][0]
-            params = ((rev.get("data") or {}).get("params") or {}).get("params.yaml", {}).get("data", {})
+            params = _params_of(rev)
             noise = params.get("noise", {})
             described = (f"noise.sigma={noise.get('sigma')} noise.where={noise.get('where')} "
                          f"seed={params.get('seed')}")
@@ -132,7 +152,12 @@ def collect(doc: list) -> tuple[list[SweepRun], list[FailedRun]]:
                 continue
             if executor.get("state") != "success" or not rev.get("data"):
                 continue
-            metrics = {path: m["data"] for path, m in rev["data"]["metrics"].items() if "data" in m}
+            required = metrics_path(dataset, REQUIRED).as_posix()
+            if required not in _metrics_of(rev):
+                raise DataError(f"experiment {rev['name']}: no {required}")
+            metrics = _own_metrics(params, _metrics_of(rev), baseline)
+            if required not in metrics:
+                continue  # the baseline's file: a run of another dataset's sweep
             runs.append(SweepRun(rev["name"], noise["sigma"], noise.get("where", "both"),
                                  params["seed"], metrics))
     return runs, failed
@@ -243,7 +268,7 @@ def plot_sweep(rows: list[Row], dataset: str, path: Path) -> None:
 
 def write_sweep_report(doc: list, dataset: str, out_dir: Path) -> Path:
     """reports/sweep_<dataset>.md and its plot, from a `dvc exp show --json` document."""
-    runs, failed = collect(doc)
+    runs, failed = collect(doc, dataset)
     rows = sweep_rows(runs, dataset)
     out_dir.mkdir(parents=True, exist_ok=True)
     image = f"sweep_{dataset}.png"
