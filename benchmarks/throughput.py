@@ -4,8 +4,9 @@ For each configuration it times, in one process on one device:
   (a) a per-task loop the way learn2learn's `MAML.clone()` / `adapt()` computes it: for every
       task, inner steps with `torch.autograd.grad(..., create_graph=True)` on a copy of the
       parameters, then the query loss backpropagated into the meta-parameters;
-  (b) the project's `MetaTrainer.step` (noise off), with tasks looped and with tasks batched
-      by `torch.func.vmap`,
+  (b) the project's `MetaTrainer.step` (noise off), with tasks looped (on a CPU shared among
+      torch's threads, a task per thread, as `train.batched_tasks: auto` does there) and with
+      tasks batched by `torch.func.vmap`,
 and prints meta-iterations per second (median of rounds in which the variants take turns),
 peak memory (per variant on CUDA; on the CPU the process's peak so far, so the largest of the
 variants run), the ratios b/a and the projected wall time of a 60,000-iteration run. Tasks are
@@ -28,7 +29,7 @@ import click
 import torch
 from torch.func import functional_call
 
-from noisymaml.maml import CLASSIFICATION, InnerLoop
+from noisymaml.maml import CLASSIFICATION, InnerLoop, task_threads
 from noisymaml.models import Conv4, init_params
 from noisymaml.noise import GradientNoise
 from noisymaml.tasks import TaskBatch
@@ -134,11 +135,16 @@ def benchmark(name: str, config: Config, device: torch.device, iterations: int, 
     loop_label = "(a) per-task loop, learn2learn style"
     steps = {loop_label: lambda: loop_step(model, params, optimizer,
                                            tasks.sample(config.meta_batch, generator), config.inner)}
-    for batched in (False, True):
-        trainer = MetaTrainer(model, initial, CLASSIFICATION, config.inner, GradientNoise(), 1e-3,
-                              config.meta_batch, 0, device, batched)
-        steps[f"(b) noisymaml step, tasks {'batched (vmap)' if batched else 'looped'}"] = \
-            partial(trainer.step, tasks)
+    threads = task_threads(device)
+    looped = "looped" + (f", {threads} threads" if threads > 1 else "")
+    # bf16 autocast (`train.precision`) is a GPU option: on CPUs without bf16 units it only slows.
+    precisions = (None, torch.bfloat16) if device.type == "cuda" else (None,)
+    for autocast in precisions:
+        for batched in (False, True):
+            trainer = MetaTrainer(model, initial, CLASSIFICATION, config.inner, GradientNoise(), 1e-3,
+                                  config.meta_batch, 0, device, batched, autocast=autocast)
+            label = f"(b) noisymaml step, tasks {'batched (vmap)' if batched else looped}"
+            steps[label + (", bf16" if autocast else "")] = partial(trainer.step, tasks)
     results = timed(steps, iterations, warmup, rounds, device)
     loop = results[loop_label]
 
@@ -147,7 +153,7 @@ def benchmark(name: str, config: Config, device: torch.device, iterations: int, 
           f"Conv-4 {config.filters} filters, device {describe(device)}")
     for label, (rate, memory) in results.items():
         projected = PAPER_ITERATIONS / rate / 3600
-        print(f"  {label:<42} {rate:8.3f} it/s  {1 / rate:7.3f} s/it  peak {memory:8.0f} MiB  "
+        print(f"  {label:<44} {rate:8.3f} it/s  {1 / rate:7.3f} s/it  peak {memory:8.0f} MiB  "
               f"ratio b/a {rate / loop[0]:5.2f}  60k iterations: {projected:6.1f} h")
 
 

@@ -1,4 +1,4 @@
-"""Stage `episodes`: the task distribution's data and the fixed validation/test episodes."""
+"""Stage `episodes@<dataset>`: the task distribution's data and the fixed validation/test episodes."""
 
 import json
 
@@ -6,8 +6,8 @@ import click
 
 from noisymaml.datasets import build_episodes
 from noisymaml.errors import stage
-from noisymaml.params import parse_dataset, parse_seed, read_params
-from noisymaml.paths import episodes_dir
+from noisymaml.params import FetchParams, parse_dataset, parse_section, parse_seed, read_params
+from noisymaml.paths import downloads_dir, episodes_dir
 
 
 @click.command()
@@ -16,7 +16,8 @@ from noisymaml.paths import episodes_dir
 def main(dataset: str) -> None:
     data = read_params()
     config = parse_dataset(data, dataset)
-    summary = build_episodes(dataset, config, parse_seed(data), episodes_dir(dataset))
+    summary = build_episodes(dataset, config, parse_seed(data), downloads_dir(dataset),
+                             parse_section(data, "fetch", FetchParams), episodes_dir(dataset))
     click.echo(f"[episodes {dataset}] {json.dumps(summary)}")
 
 

@@ -3,7 +3,6 @@
 import click
 
 from noisymaml.errors import stage
-from noisymaml.maml import make_forward
 from noisymaml.paths import gradients_path, metrics_path, model_path
 from noisymaml.pipeline import Run, load_model, save_gradients, write_json
 
@@ -16,7 +15,7 @@ def main(dataset: str, method: str) -> None:
     run = Run.from_params(dataset, method)
     data = run.task_data()
     model, params, _ = load_model(model_path(dataset, method), run.device)
-    forward = make_forward(model)
+    forward = run.forward(model)
     metrics = run.score(forward, data, params)
     write_json(metrics_path(dataset, method), metrics)
     save_gradients(gradients_path(dataset, method), run, data, forward, params)

@@ -1,21 +1,21 @@
-"""Stage `fetch`: verify (or download) the Omniglot archives in `omniglot.fetch.folder`."""
-
-from pathlib import Path
+"""Stage `fetch@<dataset>`: check the dataset's files in data/downloads/<dataset>/ (Omniglot: or
+download the official archives there)."""
 
 import click
 
+from noisymaml.sources import fetch
 from noisymaml.errors import stage
-from noisymaml.omniglot import fetch_archives
-from noisymaml.params import parse_dataset, read_params
+from noisymaml.params import FetchParams, parse_dataset_name, parse_section, read_params
+from noisymaml.paths import downloads_dir
 
 
 @click.command()
+@click.argument("dataset")
 @stage
-def main() -> None:
-    config = parse_dataset(read_params(), "omniglot")
-    archives = fetch_archives(Path(config.fetch.folder), config.fetch.download)
-    click.echo(f"[fetch] {len(archives)} verified archive(s) in {config.fetch.folder}: "
-               + ", ".join(a.name for a in archives))
+def main(dataset: str) -> None:
+    params = parse_section(read_params(), "fetch", FetchParams)
+    folder = downloads_dir(parse_dataset_name(dataset))
+    click.echo(f"[fetch {dataset}] {folder}: {fetch(dataset, params, folder)}")
 
 
 if __name__ == "__main__":

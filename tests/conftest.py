@@ -70,7 +70,7 @@ def make_trainer(sinusoid):
 
 @pytest.fixture
 def class_images():
-    """Factory for a uint8 pool [classes, drawers, SIZE, SIZE] whose pixels spell out their origin.
+    """Factory for a uint8 pool [classes, drawers, 1, SIZE, SIZE] whose pixels spell out their origin.
 
     Every pixel of image (c, d) is c, except the centre pixel (100 + d, the drawer) and one
     off-axis marker pixel (MARKER) that shows how far the image has been turned. The corners
@@ -78,10 +78,10 @@ def class_images():
     """
     def make(n_classes: int = 12, drawers: int = 6) -> torch.Tensor:
         assert n_classes < 100 and 100 + drawers < MARKER
-        images = torch.arange(n_classes, dtype=torch.uint8).view(-1, 1, 1, 1).repeat(
-            1, drawers, SIZE, SIZE)
-        images[:, :, CENTRE, CENTRE] = 100 + torch.arange(drawers, dtype=torch.uint8)
-        images[:, :, MARKER_AT[0], MARKER_AT[1]] = MARKER
+        images = torch.arange(n_classes, dtype=torch.uint8).view(-1, 1, 1, 1, 1).repeat(
+            1, drawers, 1, SIZE, SIZE)
+        images[:, :, 0, CENTRE, CENTRE] = 100 + torch.arange(drawers, dtype=torch.uint8)
+        images[:, :, 0, MARKER_AT[0], MARKER_AT[1]] = MARKER
         return images
     return make
 

@@ -10,7 +10,7 @@ import torch
 
 from noisymaml.datasets import build_episodes, load_file, load_task_data
 from noisymaml.errors import ParamError
-from noisymaml.params import OmniglotParams, read_params
+from noisymaml.params import FetchParams, OmniglotParams, read_params
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "omniglot"
@@ -20,27 +20,30 @@ pytestmark = pytest.mark.skipif(not list(SHARED.glob("*.zip")), reason=f"no arch
 
 def omniglot_params(**tasks) -> OmniglotParams:
     raw = copy.deepcopy(read_params(ROOT / "params.yaml")["omniglot"])
-    raw["fetch"]["folder"] = str(SHARED)
     raw["tasks"].update({"ways": 5, "test_episodes": 30, "val_episodes": 10,
                          "split": {"train": 40, "val": 10, "test": 20}, **tasks})
     return OmniglotParams.model_validate(raw)
 
 
+def build_omniglot(params: OmniglotParams, seed: int, out: Path) -> dict:
+    return build_episodes("omniglot", params, seed, SHARED, FetchParams(), out)
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("episodes")
-    build_episodes("omniglot", omniglot_params(), 0, out)
+    build_omniglot(omniglot_params(), 0, out)
     return out
 
 
 def image_keys(images: torch.Tensor) -> set[bytes]:
-    """One key per image [C, D, H, W] -> bytes of each drawing."""
+    """One key per image [C, D, 1, H, W] -> bytes of each drawing."""
     return {image.numpy().tobytes() for image in images.flatten(0, 1)}
 
 
 def test_splits_are_disjoint_characters_of_the_asked_sizes(built):
     pool = load_file(built / "pool.pt")
-    characters = {split: set(names) for split, names in pool["characters"].items()}
+    characters = {split: set(names) for split, names in pool["classes"].items()}
     assert {split: len(names) for split, names in characters.items()} == {"train": 40, "val": 10,
                                                                           "test": 20}
     assert not characters["train"] & characters["test"]
@@ -77,12 +80,12 @@ def test_nme_training_labels_are_fixed_per_character(built):
 
 def test_same_seed_same_files_other_seed_other_split(built, tmp_path):
     again, other = tmp_path / "again", tmp_path / "other"
-    build_episodes("omniglot", omniglot_params(), 0, again)
-    build_episodes("omniglot", omniglot_params(), 1, other)
+    build_omniglot(omniglot_params(), 0, again)
+    build_omniglot(omniglot_params(), 1, other)
     for name in ("pool.pt", "val.pt", "test.pt"):
         first, second = load_file(built / name), load_file(again / name)
         assert repr(first) == repr(second), name
-    assert load_file(built / "pool.pt")["characters"] != load_file(other / "pool.pt")["characters"]
+    assert load_file(built / "pool.pt")["classes"] != load_file(other / "pool.pt")["classes"]
 
 
 def test_test_episodes_are_standard_tasks_over_test_characters(built):
@@ -94,7 +97,7 @@ def test_test_episodes_are_standard_tasks_over_test_characters(built):
 
 
 def test_rotations_as_classes_quadruple_every_split(tmp_path):
-    build_episodes("omniglot", omniglot_params(rotations="classes"), 0, tmp_path)
+    build_omniglot(omniglot_params(rotations="classes"), 0, tmp_path)
     pool = load_file(tmp_path / "pool.pt")
     assert {s: images.shape[0] for s, images in pool["images"].items()} == {
         "train": 160, "val": 40, "test": 80}
@@ -102,10 +105,10 @@ def test_rotations_as_classes_quadruple_every_split(tmp_path):
 
 def test_too_few_characters_for_the_ways_names_the_key(tmp_path):
     with pytest.raises(ParamError, match="`omniglot.tasks.ways` = 20 but the val split has only 10"):
-        build_episodes("omniglot", omniglot_params(ways=20), 0, tmp_path)
+        build_omniglot(omniglot_params(ways=20), 0, tmp_path)
 
 
 def test_asking_for_more_characters_than_the_archives_hold(tmp_path):
     params = omniglot_params(split={"train": 200, "val": 30, "test": 30})
     with pytest.raises(ParamError, match="asks for 260 characters .* archives hold 242"):
-        build_episodes("omniglot", params, 0, tmp_path)
+        build_omniglot(params, 0, tmp_path)

@@ -9,94 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from image_fixtures import (CLASSES_PER_SPLIT, LANCZOS, PICKLE_NAMES, expected_spelling, spelled,
+                            write_dclaw, write_miniimagenet)
 from noisymaml import dclaw, miniimagenet
-from noisymaml.dclaw import OUTCOMES
 from noisymaml.errors import DataError
-
-CLASSES_PER_SPLIT = {"train": 4, "val": 2, "test": 2}
-PICKLE_NAMES = {split: f"mini-imagenet-cache-{name}.pkl"
-                for split, name in {"train": "train", "val": "validation", "test": "test"}.items()}
-LANCZOS = Image.Resampling.LANCZOS
-
-
-# ---- fixture writers -------------------------------------------------------------------------
-
-def smooth_images(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
-    """n random RGB images [n, size, size, 3], smooth (a bilinear-upsampled 4x4 grid) so JPEG keeps them close."""
-    coarse = rng.integers(0, 256, (n, 4, 4, 3), dtype=np.uint8)
-    return np.stack([np.asarray(Image.fromarray(grid).resize((size, size), Image.Resampling.BILINEAR))
-                     for grid in coarse])
-
-
-def write_miniimagenet(folder: Path, layout: str, classes_per_split: dict[str, int] = CLASSES_PER_SPLIT,
-                       per_class: int = 3, size: int = 84, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
-    """Write a tiny MiniImageNet in the 'csv' or 'pickle' layout; return split -> class name -> source images.
-
-    csv: JPEG files named like the real ones, rows interleaved across classes (the reader must group
-    them by label). pickle: the images of all classes shuffled together, class_dict pointing into them.
-    """
-    rng = np.random.default_rng(seed)
-    source = {
-        split: {f"n0{s}{c:06d}": smooth_images(rng, per_class, size) for c in range(classes)}
-        for s, (split, classes) in enumerate(classes_per_split.items())
-    }
-    folder.mkdir(parents=True, exist_ok=True)
-    for split, classes in source.items():
-        if layout == "csv":
-            _write_csv_split(folder, split, classes)
-        else:
-            _write_pickle_split(folder / PICKLE_NAMES[split], classes, rng)
-    return source
-
-
-def _write_csv_split(folder: Path, split: str, classes: dict[str, np.ndarray]) -> None:
-    (folder / "images").mkdir(exist_ok=True)
-    rows = ["filename,label"]
-    per_class = len(next(iter(classes.values())))
-    for k in range(per_class):
-        for label, images in classes.items():
-            name = f"{label}{k + 1:08d}.jpg"
-            Image.fromarray(images[k]).save(folder / "images" / name, quality=95)
-            rows.append(f"{name},{label}")
-    (folder / f"{split}.csv").write_text("\n".join(rows) + "\n")
-
-
-def _write_pickle_split(path: Path, classes: dict[str, np.ndarray], rng: np.random.Generator) -> None:
-    flat = np.concatenate(list(classes.values()))
-    order = rng.permutation(len(flat))  # image_data[position[i]] = flat[i]
-    position = np.argsort(order)
-    per_class = len(flat) // len(classes)
-    class_dict = {label: [int(position[c * per_class + k]) for k in range(per_class)]
-                  for c, label in enumerate(classes)}
-    with path.open("wb") as f:
-        pickle.dump({"image_data": flat[order], "class_dict": class_dict}, f)
-
-
-def write_dclaw(folder: Path, objects: tuple[int, ...] = tuple(range(1, 11)), counts: tuple[int, int] = (3, 3),
-                size: int = 84) -> None:
-    """objN_neg/ and objN_pos/ of constant-colour PNGs whose colour spells (object, outcome, index)."""
-    for obj in objects:
-        for label, outcome in enumerate(OUTCOMES):
-            path = folder / f"obj{obj}_{outcome}"
-            path.mkdir(parents=True)
-            for k in range(counts[label]):
-                image = np.full((size, size, 3), _colour(obj, label, k), dtype=np.uint8)
-                Image.fromarray(image).save(path / f"IMG_{k:04d}.png")
-
-
-def _colour(obj: int, label: int, index: int) -> tuple[int, int, int]:
-    return obj * 20, 60 + label * 120, index * 10
-
-
-def _spelled(images: np.ndarray) -> np.ndarray:
-    """[..., S, S, 3] -> [..., 3] of (object, label, index), read from the top-left pixel."""
-    r, g, b = np.moveaxis(images[..., 0, 0, :].astype(int), -1, 0)
-    return np.stack([np.rint(r / 20), np.rint((g - 60) / 120), np.rint(b / 10)], axis=-1).astype(int)
-
-
-def _expected_spelling(objects: list[int], count: int) -> np.ndarray:
-    return np.array([[[obj, label, k] for k in range(count)] for obj in objects for label in range(2)])
-
 
 # ---- MiniImageNet ------------------------------------------------------------------------------
 
@@ -131,7 +47,7 @@ def test_pickle_layout_is_refused_without_opt_in(tmp_path):
         miniimagenet.load_splits(tmp_path)
     message = str(caught.value)
     assert str(tmp_path) in message
-    assert "miniimagenet.fetch.allow_pickle" in message
+    assert "fetch.allow_pickle" in message
     assert "convert_pickles_to_npz" in message and ".npz" in message
 
 
@@ -304,14 +220,14 @@ def test_flat_layout_gives_neg_pos_pairs_per_object(tmp_path):
         images, names = splits[name]
         assert images.shape == (2 * len(objects), 3, 84, 84, 3) and images.dtype == np.uint8
         assert names == [f"obj{obj}_{outcome}" for obj in objects for outcome in ("neg", "pos")]
-        np.testing.assert_array_equal(_spelled(images), _expected_spelling(objects, 3))
+        np.testing.assert_array_equal(spelled(images), expected_spelling(objects, 3))
 
 
 def test_images_are_resized_to_the_requested_size(tmp_path):
     write_dclaw(tmp_path, size=20)
     images, _ = dclaw.load_splits(tmp_path, 2, image_size=84)["val"]
     assert images.shape == (4, 3, 84, 84, 3)
-    np.testing.assert_array_equal(_spelled(images), _expected_spelling([3, 8], 3))
+    np.testing.assert_array_equal(spelled(images), expected_spelling([3, 8], 3))
     assert np.ptp(images.astype(int), axis=(2, 3)).max() <= 1  # a constant image stays constant
 
 
@@ -321,7 +237,7 @@ def test_objects_keep_the_smaller_outcome_count_and_splits_the_smallest_class(tm
     objects = dclaw.load_objects(tmp_path)
     assert sorted(objects) == list(range(1, 11))
     assert objects[1].shape == (2, 3, 84, 84, 3) and objects[4].shape == (2, 2, 84, 84, 3)
-    np.testing.assert_array_equal(_spelled(objects[1]), _expected_spelling([1], 3))
+    np.testing.assert_array_equal(spelled(objects[1]), expected_spelling([1], 3))
     assert dclaw.load_splits(tmp_path, 1)["train"][0].shape[1] == 3
     assert dclaw.load_splits(tmp_path, 2)["train"][0].shape[1] == 2  # objects 5 and 10 have 2 each
 
@@ -331,7 +247,7 @@ def test_published_split_folders_are_read_as_they_are(tmp_path):
         write_dclaw(tmp_path / f"{name}1", objects=tuple(objects), counts=(2, 2))
     splits = dclaw.load_splits(tmp_path, 1)
     assert splits["test"][1] == ["obj5_neg", "obj5_pos", "obj10_neg", "obj10_pos"]
-    np.testing.assert_array_equal(_spelled(splits["train"][0]), _expected_spelling([1, 2, 3, 6, 7, 8], 2))
+    np.testing.assert_array_equal(spelled(splits["train"][0]), expected_spelling([1, 2, 3, 6, 7, 8], 2))
     with pytest.raises(DataError, match="train2"):
         dclaw.load_splits(tmp_path, 2)
 

@@ -10,10 +10,10 @@ import yaml
 
 from noisymaml.errors import ParamError
 from noisymaml.noise import GradientNoise
-from noisymaml.params import (AlgorithmsParams, FeedbackParams, NoiseParams, OmniglotParams,
-                              SinusoidParams, check_method, parse_dataset, parse_device,
-                              parse_method_lists, parse_section, parse_seed, read_params,
-                              trained_methods)
+from noisymaml.params import (AlgorithmsParams, DClawParams, FeedbackParams, FetchParams,
+                              NoiseParams, OmniglotParams, SinusoidParams, check_method,
+                              parse_dataset, parse_datasets, parse_device, parse_method_lists,
+                              parse_section, parse_seed, read_params, trained_methods)
 
 
 @pytest.fixture
@@ -58,8 +58,25 @@ def test_shipped_params_parse_in_every_section(shipped, root):
     algorithms = parse_section(shipped, "algorithms", AlgorithmsParams)
     assert algorithms.mr_maml_w.model_dump() == raw["algorithms"]["mr_maml_w"]
     assert parse_method_lists(shipped) == (raw["methods"], raw["noisy_methods"])
-    assert sorted(raw) == ["algorithms", "device", "feedback", "methods", "noise", "noisy_methods",
-                           "omniglot", "seed", "sinusoid"]
+    assert parse_datasets(shipped) == raw["datasets"]
+    assert parse_section(shipped, "fetch", FetchParams).model_dump() == raw["fetch"]
+    for name in ("miniimagenet", "dclaw"):  # not run by default, but ready to select
+        assert parse_dataset(shipped, name).model_dump(exclude_unset=True) == raw[name]
+    assert sorted(raw) == ["algorithms", "datasets", "dclaw", "device", "feedback", "fetch", "methods",
+                           "miniimagenet", "noise", "noisy_methods", "omniglot", "seed", "sinusoid"]
+
+
+@pytest.mark.parametrize("value", [[], ["omniglot", "omniglot"], ["imagenet"], "omniglot", None])
+def test_datasets_must_be_distinct_known_names(shipped, value):
+    with pytest.raises(ParamError, match="`datasets`"):
+        parse_datasets({**shipped, "datasets": value})
+
+
+def test_dclaw_split_and_ways_are_checked(shipped):
+    message = error_of(changed(shipped, "dclaw.tasks.split", 4), "dclaw", DClawParams)
+    assert "`dclaw.tasks.split` = 4" in message
+    message = error_of(changed(shipped, "dclaw.tasks.ways", 5), "dclaw", DClawParams)
+    assert "`dclaw.tasks.ways` = 5" in message
 
 
 # --- bad values ---------------------------------------------------------------------------

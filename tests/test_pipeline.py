@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import signal
 import subprocess
@@ -17,7 +16,8 @@ import pytest
 import torch
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from project_copy import ROOT, copy_project, run, stage_env
+
 ARCHIVES = ROOT.parent / "shared" / "data" / "omniglot"
 METHODS = ("maml", "mr_maml_w", "noisy_maml", "noisy_maml_feedback", "noisy_maml_continued")
 
@@ -38,32 +38,6 @@ def tiny_params() -> dict:
     omniglot["model"]["filters"] = 8
     omniglot["train"].update(iterations=2, meta_batch=2, log_every=1, checkpoint_every=1, val_tasks=2)
     return params
-
-
-def project_files() -> list[str]:
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-                            cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    return [f for f in listed.splitlines() if (ROOT / f).is_file()]
-
-
-def stage_env() -> dict:
-    """What `make` sets up: the venv's tools first, no analytics, the project's own library."""
-    return {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": "src",
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-
-
-def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, cwd=cwd, env=stage_env(), capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-def copy_project(root: Path, params: dict) -> None:
-    for name in project_files():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / name, root / name)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +126,13 @@ def test_the_methods_parameter_selects_the_trained_methods(project: Path):
     assert trained == {f"train@{d}-{m}" for d in ("sinusoid", "omniglot") for m in ("fomaml", "meta_aug")}
 
 
+def test_the_datasets_parameter_selects_the_stages(project: Path):
+    with edited_params(project, "datasets", None, ["omniglot"]):
+        stages = run(["dvc", "stage", "list", "--names-only"], project).stdout.split()
+    assert {"fetch@omniglot", "episodes@omniglot", "feedback@omniglot"} <= set(stages)
+    assert not [name for name in stages if "sinusoid" in name]
+
+
 @pytest.mark.parametrize("section, key, value, stage, expected", [
     ("noise", "sigma", -1.0, ["train.py", "sinusoid", "noisy_maml"], "`noise.sigma` = -1.0"),
     ("noise", "where", "sideways", ["train.py", "sinusoid", "noisy_maml"],
@@ -225,7 +206,7 @@ def test_experiment_in_a_temporary_copy_gets_the_archives_from_the_cache(project
     result = run(["dvc", "exp", "run", "--temp", "-S", "noise.sigma=0.3", "feedback@omniglot"],
                  project)
     assert "Running stage 'train_noisy@omniglot-maml'" in result.stdout
-    assert "Running stage 'fetch'" not in result.stdout
+    assert "Running stage 'fetch@" not in result.stdout
 
 
 def test_noisy_maml_at_sigma_zero_is_maml_through_the_stages(tmp_path: Path):

@@ -57,6 +57,15 @@ def load_objects(folder: Path, image_size: int = IMAGE_SIZE) -> dict[int, np.nda
     return {obj: _read_object(pairs[obj], image_size) for obj in sorted(pairs)}
 
 
+def objects_in(folder: Path) -> list[int]:
+    """The object ids `folder` holds (flat or in split folders), each with both outcomes."""
+    folder = Path(folder)
+    if _has_split_folders(folder):
+        parts = [p for p in folder.iterdir() if _SPLIT_DIR.fullmatch(p.name) and p.is_dir()]
+        return sorted({obj for part in parts for obj in _object_pairs(part)})
+    return sorted(_object_pairs(folder))
+
+
 def load_splits(folder: Path, split: int,
                 image_size: int = IMAGE_SIZE) -> dict[str, tuple[np.ndarray, list[str]]]:
     """Per split name, uint8 images [2 * objects, n, S, S, 3] and names ["obj1_neg", "obj1_pos", ...].

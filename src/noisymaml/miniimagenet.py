@@ -14,7 +14,7 @@ and the class names (WordNet ids) sorted; within a class, images keep their csv-
 - pickle: the cache files mini-imagenet-cache-{train,validation,test}.pkl, each a dict with
   image_data [N, 84, 84, 3] uint8 and class_dict (class name -> list of indices into image_data).
   Unpickling runs whatever code the file's author chose, so these are read only when the caller
-  opts in (`miniimagenet.fetch.allow_pickle`).
+  opts in (`fetch.allow_pickle`).
 
 Every class of a split must hold the same number of images (600 in the real data); a split that
 does not is reported rather than silently cut.
@@ -35,7 +35,7 @@ from noisymaml.errors import DataError
 
 SPLITS = ("train", "val", "test")
 IMAGE_SIZE = 84
-ALLOW_PICKLE_PARAM = "miniimagenet.fetch.allow_pickle"
+ALLOW_PICKLE_PARAM = "fetch.allow_pickle"
 
 # Checked in this order: the safe .npz wins over the pickles it is usually converted from.
 LAYOUTS = {
@@ -83,14 +83,34 @@ def load_split(folder: Path, split: str, allow_pickle: bool = False,
     if layout == "npz":
         return _load_npz(path, image_size)
     if not allow_pickle:
-        raise DataError(
-            f"{folder} holds MiniImageNet pickles (mini-imagenet-cache-*.pkl) and no safe layout; they are "
-            f"refused because unpickling runs whatever code the file's author put in it. If you trust "
-            f"the files, set {ALLOW_PICKLE_PARAM}: true, or better convert them once to the safe .npz "
-            "layout: python -c \"from noisymaml.miniimagenet import convert_pickles_to_npz; "
-            f"convert_pickles_to_npz('{folder}')\""
-        )
+        raise _pickle_refused(folder)
     return _grouped(*_read_pickle(path), image_size)
+
+
+def verify(folder: Path, allow_pickle: bool = False) -> str:
+    """The layout of `folder`, once every split file of it is there (csv: and every image it
+    lists), without decoding any image. Pickles are refused unless `allow_pickle`."""
+    folder = Path(folder)
+    layout = detect_layout(folder)
+    if layout == "pickle" and not allow_pickle:
+        raise _pickle_refused(folder)
+    for split in SPLITS:
+        path = _layout_file(folder, layout, split)
+        if layout == "csv":
+            _csv_classes(path)
+        elif not path.is_file():
+            raise _missing(path, layout)
+    return layout
+
+
+def _pickle_refused(folder: Path) -> DataError:
+    return DataError(
+        f"{folder} holds MiniImageNet pickles (mini-imagenet-cache-*.pkl) and no safe layout; they are "
+        f"refused because unpickling runs whatever code the file's author put in it. If you trust "
+        f"the files, set {ALLOW_PICKLE_PARAM}: true, or better convert them once to the safe .npz "
+        "layout: python -c \"from noisymaml.miniimagenet import convert_pickles_to_npz; "
+        f"convert_pickles_to_npz('{folder}')\""
+    )
 
 
 def load_splits(folder: Path, allow_pickle: bool = False,
@@ -153,9 +173,21 @@ def _missing(path: Path, layout: str) -> DataError:
 
 
 def _load_csv(path: Path, image_size: int) -> tuple[np.ndarray, list[str]]:
+    files = _csv_classes(path)
+    names = list(files)
+    images = np.empty((len(names), len(files[names[0]]), image_size, image_size, 3), dtype=np.uint8)
+    for c, label in enumerate(names):
+        for k, image in enumerate(files[label]):
+            images[c, k] = read_rgb(image, image_size)
+    return images, names
+
+
+def _csv_classes(path: Path) -> dict[str, list[Path]]:
+    """Sorted labels of a split file -> their image paths, once all classes are equally large
+    and every listed file exists."""
     files = _read_csv(path)
     names = sorted(files)
-    count = _common_count({name: len(files[name]) for name in names}, path)
+    _common_count({name: len(files[name]) for name in names}, path)
     images_dir = path.parent / "images"
     absent = [name for label in names for name in files[label] if not (images_dir / name).is_file()]
     if absent:
@@ -163,11 +195,7 @@ def _load_csv(path: Path, image_size: int) -> tuple[np.ndarray, list[str]]:
             f"{len(absent)} image(s) listed in {path} are not in {images_dir}, e.g. {absent[:3]}; "
             f"the csv layout needs {LAYOUTS['csv']}"
         )
-    images = np.empty((len(names), count, image_size, image_size, 3), dtype=np.uint8)
-    for c, label in enumerate(names):
-        for k, name in enumerate(files[label]):
-            images[c, k] = read_rgb(images_dir / name, image_size)
-    return images, names
+    return {label: [images_dir / name for name in files[label]] for label in names}
 
 
 def _read_csv(path: Path) -> dict[str, list[str]]:

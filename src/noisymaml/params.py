@@ -93,6 +93,8 @@ class TrainParams(Section):
     val_tasks: int = Field(ge=1)
     checkpoint_every: int = Field(ge=1)
     batched_tasks: str | bool = "auto"  # auto: vmap on CUDA, a task loop on CPU
+    meta_grad_clip: float | None = Field(None, gt=0)  # clamp meta-gradient entries to +-value
+    precision: Literal["float32", "bfloat16"] = "float32"  # bfloat16: forward passes under autocast
 
     @field_validator("batched_tasks", mode="before")
     @classmethod
@@ -143,8 +145,10 @@ class SinusoidParams(Section):
 
 
 class FetchParams(Section):
-    folder: str
-    download: bool = True
+    """How the fetch stages treat the files in data/downloads/<dataset>/."""
+
+    download: bool = True       # omniglot: download the official archives into an empty folder
+    allow_pickle: bool = False  # miniimagenet: also read the pickled caches (unpickling runs code)
 
 
 class SplitParams(Section):
@@ -167,18 +171,30 @@ class SplitParams(Section):
         return self
 
 
-class OmniglotTasks(Section):
-    """The task distribution: characters, their split, and how tasks are built from them."""
+class ImageTasks(Section):
+    """Few-shot classification tasks over a pool of image classes (see tasks.py for the modes)."""
 
     image_size: int = Field(ge=8)
-    rotations: Literal["off", "classes", "augment"] = "off"
-    split: SplitParams
     mode: Literal["non_exclusive", "intrashuffle", "intershuffle"]
     ways: int = Field(ge=2)
     shots: int = Field(ge=1)
-    query_shots: int = Field(ge=1)
+    query_shots: int = Field(ge=1)  # query images per class
     test_episodes: int = Field(ge=1)
     val_episodes: int = Field(ge=1)
+
+
+class OmniglotTasks(ImageTasks):
+    """Omniglot adds its character split and rotations."""
+
+    rotations: Literal["off", "classes", "augment"] = "off"
+    split: SplitParams
+
+
+class DClawTasks(ImageTasks):
+    """D'Claw: every object's neg/pos pair is one fixed 2-way task; `split` picks the objects."""
+
+    split: Literal[1, 2, 3]
+    ways: Literal[2] = 2
 
 
 class ConvParams(Section):
@@ -186,9 +202,10 @@ class ConvParams(Section):
     downsample: Literal["stride", "maxpool"] = "stride"
 
 
-class OmniglotParams(Section):
-    fetch: FetchParams
-    tasks: OmniglotTasks
+class ImageParams(Section):
+    """An image dataset's settings: its tasks, the Conv-4 and the (meta-)training loop."""
+
+    tasks: ImageTasks
     model: ConvParams
     maml: MamlParams
     train: TrainParams
@@ -202,9 +219,18 @@ class OmniglotParams(Section):
         return self
 
 
+class OmniglotParams(ImageParams):
+    tasks: OmniglotTasks
+
+
+class DClawParams(ImageParams):
+    tasks: DClawTasks
+
+
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
-DATASETS: dict[str, type[Section]] = {"sinusoid": SinusoidParams, "omniglot": OmniglotParams}
+DATASETS: dict[str, type[Section]] = {"sinusoid": SinusoidParams, "omniglot": OmniglotParams,
+                                      "miniimagenet": ImageParams, "dclaw": DClawParams}
 ALGORITHMS = ("maml", "fomaml", "mr_maml_w", "meta_aug")
 NOISY = "noisy_"  # method name = algorithm, or noisy_<algorithm> for the same with gradient noise
 
@@ -266,10 +292,24 @@ def parse_device(data: dict, path: Path = PARAMS_FILE) -> str:
     return device
 
 
-def parse_dataset(data: dict, name: str, path: Path = PARAMS_FILE) -> Section:
+def parse_dataset_name(name: str) -> str:
     if name not in DATASETS:
         raise ParamError(f"unknown dataset {name!r}: allowed are {', '.join(DATASETS)}")
-    return parse_section(data, name, DATASETS[name], path)
+    return name
+
+
+def parse_dataset(data: dict, name: str, path: Path = PARAMS_FILE) -> Section:
+    return parse_section(data, parse_dataset_name(name), DATASETS[name], path)
+
+
+def parse_datasets(data: dict, path: Path = PARAMS_FILE) -> list[str]:
+    """`datasets`: the datasets `dvc repro` runs, each once, each with its own section."""
+    value = data.get("datasets")
+    if (not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value)
+            or len(set(value)) != len(value) or not set(value) <= DATASETS.keys()):
+        raise ParamError(f"{path}: `datasets` = {value!r}: must be a list of distinct dataset names "
+                         f"from {', '.join(DATASETS)}")
+    return value
 
 
 def method_problem(name: str) -> str | None:

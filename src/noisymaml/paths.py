@@ -10,6 +10,11 @@ PLOTS = Path("plots")
 CHECKPOINTS = Path("checkpoints")
 
 
+def downloads_dir(dataset: str) -> Path:
+    """The dataset's own files (archives, images), as the user or the fetch stage put them."""
+    return DATA / "downloads" / dataset
+
+
 def episodes_dir(dataset: str) -> Path:
     return DATA / "episodes" / dataset
 

@@ -16,7 +16,7 @@ import torch
 from noisymaml.datasets import TaskData, load_file, load_task_data, seeded
 from noisymaml.errors import DataError, NoisyMamlError
 from noisymaml.evaluation import capture_gradients, evaluate, split_summary_inputs
-from noisymaml.maml import InnerLoop
+from noisymaml.maml import Forward, InnerLoop, make_forward
 from noisymaml.meta_regularisation import posterior_mean
 from noisymaml.methods import Method
 from noisymaml.metrics import MEMORISATION_TASKS, summarise
@@ -75,6 +75,14 @@ class Run:
         choice = self.config.train.batched_tasks
         return self.device.type == "cuda" if choice == "auto" else choice
 
+    @property
+    def autocast(self) -> torch.dtype | None:
+        """The forward passes' autocast type (`train.precision`), None for plain float32."""
+        return torch.bfloat16 if self.config.train.precision == "bfloat16" else None
+
+    def forward(self, model: torch.nn.Module) -> Forward:
+        return make_forward(model, self.autocast)
+
     def settings(self) -> dict:
         """Everything that shapes this run's training, for checkpoint fingerprints."""
         return {"dataset": self.dataset, "method": self.method.name, "seed": self.seed,
@@ -84,7 +92,8 @@ class Run:
     def trainer(self, data: TaskData, model: torch.nn.Module, params: Params, seed: int) -> MetaTrainer:
         train_cfg = self.config.train
         return MetaTrainer(model, params, data.objective, self.inner, self.noise, train_cfg.meta_lr,
-                           train_cfg.meta_batch, seed, self.device, self.batched, self.method)
+                           train_cfg.meta_batch, seed, self.device, self.batched, self.method,
+                           train_cfg.meta_grad_clip, self.autocast)
 
     def meta_train(self, trainer: MetaTrainer, data: TaskData, iterations: int, label: str,
                    extra_settings: dict, weigh=None) -> list[dict]:

@@ -19,8 +19,9 @@ from matplotlib.figure import Figure
 
 from noisymaml.errors import DataError
 from noisymaml.metrics import MEMORISATION_TASKS, format_mean_ci
-from noisymaml.params import (DATASETS, NOISY, AlgorithmsParams, FeedbackParams, NoiseParams,
-                              Section, parse_dataset, parse_section, parse_seed, trained_methods)
+from noisymaml.params import (NOISY, AlgorithmsParams, FeedbackParams, NoiseParams, Section,
+                              parse_dataset, parse_datasets, parse_section, parse_seed,
+                              trained_methods)
 from noisymaml.paths import curve_path, metrics_path
 
 FEEDBACK_VARIANTS = ("feedback", "continued")  # runs that go on from feedback.method's model
@@ -58,8 +59,12 @@ class Measure:
         return value * 100.0 if self.percent else value
 
 
-MEASURES = {"sinusoid": Measure("loss", "MSE", False, "lower is better"),
-            "omniglot": Measure("acc", "accuracy (%)", True, "higher is better")}
+REGRESSION_MEASURE = Measure("loss", "MSE", False, "lower is better")
+CLASSIFICATION_MEASURE = Measure("acc", "accuracy (%)", True, "higher is better")
+
+
+def measure_of(dataset: str) -> Measure:
+    return REGRESSION_MEASURE if dataset == "sinusoid" else CLASSIFICATION_MEASURE
 
 
 ALGORITHM_LABELS = {"maml": "MAML", "fomaml": "first-order MAML", "mr_maml_w": "MR-MAML(W)",
@@ -85,7 +90,7 @@ def method_labels(methods: list[str], sigma: float) -> dict[str, str]:
 
 def load_metrics(dataset: str, methods: list[str]) -> dict[str, dict]:
     """The metrics of every method whose file exists, in the order of `methods`."""
-    measure = MEASURES[dataset]
+    measure = measure_of(dataset)
     return {method: _checked_metrics(metrics_path(dataset, method), measure)
             for method in methods if metrics_path(dataset, method).exists()}
 
@@ -114,7 +119,7 @@ def _is_number(value) -> bool:
 
 def load_curves(dataset: str, methods: list[str]) -> dict[str, Curve]:
     """The learning curves of every method whose CSV exists: {method: {column: values}}."""
-    measure = MEASURES[dataset]
+    measure = measure_of(dataset)
     columns = ("iteration", f"train_{measure.column('pre')}", f"val_{measure.column('post')}")
     return {method: _read_curve(curve_path(dataset, method), columns)
             for method in methods if curve_path(dataset, method).exists()}
@@ -216,16 +221,31 @@ class Reported:
     source: str
 
 
-REPORTED = {"omniglot": (
-    Reported("NME, 20-way 1-shot, full Omniglot", "MAML", "7.8%",
-             "Yin et al. 2020, Meta-Learning without Memorization (ICLR 2020)"),
-    Reported("NME, 20-way 1-shot, full Omniglot", "noisy MAML", "82.36%",
-             "Gogoi, Tiwari & Verma 2024, arXiv 2405.12299"),
-    Reported("standard (mutually exclusive), 20-way 1-shot, full Omniglot", "MAML", "95.8 ± 0.3%",
-             "Finn et al. 2017, Model-Agnostic Meta-Learning (ICML 2017)"),
-)}
+RAJENDRAN = "Rajendran et al. 2020, Meta-Learning Requires Meta-Augmentation (NeurIPS 2020)"
+FINN = "Finn et al. 2017, Model-Agnostic Meta-Learning (ICML 2017)"
+REPORTED = {
+    "omniglot": (
+        Reported("NME, 20-way 1-shot, full Omniglot", "MAML", "7.8%",
+                 "Yin et al. 2020, Meta-Learning without Memorization (ICLR 2020)"),
+        Reported("NME, 20-way 1-shot, full Omniglot", "noisy MAML", "82.36%",
+                 "Gogoi, Tiwari & Verma 2024, arXiv 2405.12299"),
+        Reported("standard (mutually exclusive), 20-way 1-shot, full Omniglot", "MAML", "95.8 ± 0.3%",
+                 FINN),
+    ),
+    "miniimagenet": (
+        Reported("NME, 5-way 1-shot", "MAML", "30.2%", RAJENDRAN),
+        Reported("intrashuffle, 5-way 1-shot", "MAML", "42.7%", RAJENDRAN),
+        Reported("intershuffle, 5-way 1-shot", "MAML", "46%", RAJENDRAN),
+        Reported("standard (mutually exclusive), 5-way 1-shot", "MAML", "48.70 ± 1.84%", FINN),
+    ),
+    "dclaw": (
+        Reported("NME, 2-way 1-shot", "MAML", "72.5%", RAJENDRAN),
+        Reported("intrashuffle, 2-way 1-shot", "MAML", "79.8%", RAJENDRAN),
+        Reported("intershuffle, 2-way 1-shot", "MAML", "83.1%", RAJENDRAN),
+    ),
+}
 FULL_OMNIGLOT_CHARACTERS = 1623
-PAPER_ITERATIONS = 60_000
+PAPER_ITERATIONS = {"omniglot": 60_000, "miniimagenet": 60_000}  # Finn et al. 2017
 
 
 @dataclass(frozen=True)
@@ -245,7 +265,7 @@ class Settings:
                    parse_section(params, "algorithms", AlgorithmsParams),
                    parse_section(params, "noise", NoiseParams),
                    parse_section(params, "feedback", FeedbackParams),
-                   {dataset: parse_dataset(params, dataset) for dataset in DATASETS})
+                   {dataset: parse_dataset(params, dataset) for dataset in parse_datasets(params)})
 
     @property
     def reported_methods(self) -> list[str]:
@@ -266,7 +286,7 @@ def write_report(out_dir: Path, params: dict) -> None:
     settings = Settings.from_params(params)
     labels = method_labels(settings.reported_methods, settings.noise.sigma)
     (out_dir / FIGURES).mkdir(parents=True, exist_ok=True)
-    sections = [_dataset_section(dataset, settings, labels, out_dir) for dataset in DATASETS]
+    sections = [_dataset_section(dataset, settings, labels, out_dir) for dataset in settings.datasets]
     text = "\n\n".join(["# noisymaml report", _how_to_read(settings), _settings_list(settings), *sections])
     (out_dir / REPORT_FILE).write_text(text + "\n")
 
@@ -282,7 +302,7 @@ def _how_to_read(settings: Settings) -> str:
         "**memorisation index** is the "
         f"pre-adaptation score on {MEMORISATION_TASKS} fixed training tasks: a model that solves "
         "its training tasks without adapting has memorised them (meta-overfitting) instead of "
-        "learning to adapt. For Omniglot, memorisation shows as pre-adaptation accuracy well above "
+        "learning to adapt. For classification, memorisation shows as pre-adaptation accuracy well above "
         "chance (1/ways); for the sinusoid, as a low pre-adaptation MSE. *Feedback test tasks* are "
         f"the first {settings.feedback.tasks} test episodes, whose support gradients weighted the "
         "re-meta-training of the *+ feedback* run; *held-out test tasks* are the rest, the fair "
@@ -323,18 +343,14 @@ def literature_table(dataset: str, config: Section, seed: int) -> list[str]:
     reported = REPORTED.get(dataset)
     if not reported:
         return []
-    tasks, split = config.tasks, config.tasks.split
-    characters = split.train + split.val + split.test
-    reduced = [f"{characters:g} characters" if characters >= 1 else "a fraction of the characters"]
-    if config.train.iterations < PAPER_ITERATIONS:
-        reduced.append(f"{config.train.iterations} meta-iterations")
-    ours = (f"this project's table above: {tasks.mode}, {tasks.ways}-way {tasks.shots}-shot, "
-            f"{', '.join(reduced)}, seed {seed}")
-    if characters >= FULL_OMNIGLOT_CHARACTERS and config.train.iterations >= PAPER_ITERATIONS:
+    tasks = config.tasks
+    ours = f"this project's table above: {tasks.mode}, {tasks.ways}-way {tasks.shots}-shot, seed {seed}"
+    reduced = _reductions(dataset, config)
+    if reduced:
+        ours += (f" — a reduced setting ({', '.join(reduced)}; the papers: {_paper_scale(dataset)}); "
+                 "not comparable number for number")
+    elif dataset in PAPER_ITERATIONS:
         ours += " (paper scale)"
-    else:
-        ours += (f" — a reduced setting (the papers: all {FULL_OMNIGLOT_CHARACTERS} characters, "
-                 f"tens of thousands of meta-iterations); not comparable number for number")
     rows = [[r.setting, r.method, r.value, r.source] for r in reported]
     return ["", "Reported in the literature (quoted, not reproduced here):", "",
             *(_table_row(row) for row in [["setting", "method", "reported test accuracy", "source"],
@@ -342,8 +358,27 @@ def literature_table(dataset: str, config: Section, seed: int) -> list[str]:
             "", f"Compare with {ours}."]
 
 
+def _reductions(dataset: str, config: Section) -> list[str]:
+    """How this setting falls short of the papers' scale (data, meta-iterations)."""
+    reduced = []
+    if dataset == "omniglot":
+        split = config.tasks.split
+        characters = split.train + split.val + split.test
+        if characters < FULL_OMNIGLOT_CHARACTERS:
+            reduced.append(f"{characters:g} characters" if characters >= 1
+                           else "a fraction of the characters")
+    if config.train.iterations < PAPER_ITERATIONS.get(dataset, 0):
+        reduced.append(f"{config.train.iterations} meta-iterations")
+    return reduced
+
+
+def _paper_scale(dataset: str) -> str:
+    data = f"all {FULL_OMNIGLOT_CHARACTERS} characters, " if dataset == "omniglot" else ""
+    return f"{data}{PAPER_ITERATIONS[dataset]:,} meta-iterations"
+
+
 def _dataset_section(dataset: str, settings: Settings, labels: dict[str, str], out_dir: Path) -> str:
-    measure, chance = MEASURES[dataset], settings.chance(dataset)
+    measure, chance = measure_of(dataset), settings.chance(dataset)
     methods = settings.reported_methods
     metrics, curves = load_metrics(dataset, methods), load_curves(dataset, methods)
     lines = [f"## {dataset}", "",

@@ -205,7 +205,7 @@ def choose(rows: list[Row], dataset: str) -> Row:
 
 
 def metric_key(dataset: str) -> str:
-    return "acc" if dataset == "omniglot" else "loss"
+    return "loss" if dataset == "sinusoid" else "acc"
 
 
 def _value(run: SweepRun, dataset: str, method: str, part: str,

@@ -6,8 +6,11 @@ Training task modes (Rajendran et al. 2020, Yin et al. 2020):
 - ``intrashuffle``: the same groups, labels permuted inside every task.
 - ``intershuffle``: standard mutually-exclusive sampling (random classes, random labels).
 
-Images stay on the device as one uint8 array [classes, drawers, H, W]; a task is a set of
-indices into it, so sampling does no decoding and no per-image Python work.
+D'Claw's tasks are fixed too: each object's (neg, pos) classes form one group (`class_pairs`),
+and its validation and test episodes are groups of their split (`grouped_episodes`).
+
+Images stay on the device as one uint8 array [classes, drawers, channels, H, W]; a task is a set
+of indices into it, so sampling does no decoding and no per-image Python work.
 """
 
 from __future__ import annotations
@@ -97,14 +100,27 @@ def nme_groups(n_classes: int, ways: int, generator: torch.Generator) -> torch.T
     return order[: n_groups * ways].reshape(n_groups, ways)
 
 
+def class_pairs(n_classes: int) -> torch.Tensor:
+    """Classes (0, 1), (2, 3), ... as fixed 2-way groups [n_classes // 2, 2] (D'Claw's objects)."""
+    return torch.arange(n_classes - n_classes % 2).view(-1, 2)
+
+
+def grouped_episodes(n_tasks: int, groups: torch.Tensor, per_class: int, n_drawers: int,
+                     generator: torch.Generator) -> Episodes:
+    """Episodes whose classes are one of the fixed `groups`, labels in group order."""
+    picks = torch.randint(0, groups.shape[0], (n_tasks,), generator=generator, device=generator.device)
+    return Episodes(groups.to(generator.device)[picks],
+                    random_drawers(n_tasks, groups.shape[1], per_class, n_drawers, generator))
+
+
 def gather_tasks(images: torch.Tensor, episodes: Episodes, shots: int) -> TaskBatch:
-    """Materialise episodes: images [C, D, H, W] uint8 -> float tasks [E, N*K, 1, H, W].
+    """Materialise episodes: images [C, D, ch, H, W] uint8 -> float tasks [E, N*K, ch, H, W].
 
     Label of a class = its position in the episode's class list.
     """
     n_tasks, ways, per_class = episodes.drawers.shape
-    pixels = images[episodes.classes.unsqueeze(-1), episodes.drawers]  # [E, N, K+Q, H, W]
-    pixels = pixels.float().div_(255.0).unsqueeze(3)  # channel dim: [E, N, K+Q, 1, H, W]
+    pixels = images[episodes.classes.unsqueeze(-1), episodes.drawers]  # [E, N, K+Q, ch, H, W]
+    pixels = pixels.float().div_(255.0)
     labels = torch.arange(ways, device=images.device).view(1, ways, 1).expand(n_tasks, ways, per_class)
     return TaskBatch(
         support_x=pixels[:, :, :shots].flatten(1, 2),

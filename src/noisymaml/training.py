@@ -48,13 +48,14 @@ class MetaTrainer:
 
     def __init__(self, model: torch.nn.Module, params: Params, objective: Objective,
                  inner: InnerLoop, noise: GradientNoise, meta_lr: float, meta_batch: int,
-                 seed: int, device: torch.device, batched: bool = True, method: Method = MAML):
-        self.forward = make_forward(model.to(device))
+                 seed: int, device: torch.device, batched: bool = True, method: Method = MAML,
+                 meta_grad_clip: float | None = None, autocast: torch.dtype | None = None):
+        self.forward = make_forward(model.to(device), autocast)
         self.params = {k: v.detach().clone().to(device).requires_grad_() for k, v in params.items()}
         self.optimizer = torch.optim.Adam(self.params.values(), lr=meta_lr)
         self.method = method
         self.objective, self.inner, self.noise = objective, method.inner_loop(inner, params), noise
-        self.meta_batch, self.batched = meta_batch, batched
+        self.meta_batch, self.batched, self.meta_grad_clip = meta_batch, batched, meta_grad_clip
         self.task_generator = torch.Generator(device).manual_seed(seed)
         self.noise_generator = torch.Generator(device).manual_seed(seed + NOISE_STREAM)
         self.iteration = 0
@@ -85,6 +86,8 @@ class MetaTrainer:
         if outer_noise is not None:
             meta_grad = {k: g + outer_noise[k] for k, g in meta_grad.items()}
         self._check_finite(summary["loss_post"], meta_grad)
+        if self.meta_grad_clip is not None:  # e.g. MiniImageNet: Finn et al. clip to +-10
+            meta_grad = {k: g.clamp(-self.meta_grad_clip, self.meta_grad_clip) for k, g in meta_grad.items()}
         for name, p in self.params.items():
             p.grad = meta_grad[name]
         self.optimizer.step()
