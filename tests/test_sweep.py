@@ -71,7 +71,7 @@ def test_experiments_of_another_datasets_sweep_are_left_out():
     omniglot = {"metrics/omniglot/noisy_maml.json": {"data": {"test": {"acc_post": 0.4}}}}
     base = experiment("main", 0.1, 0, 9.0, 9.0)
     base["revs"][0]["data"]["metrics"] |= omniglot
-    sinusoid_only = experiment("sin", 0.5, 1, 1.0, 1.0)
+    sinusoid_only = experiment("sin", 0.5, 2, 1.0, 1.0)
     sinusoid_only["revs"][0]["data"]["metrics"] |= omniglot
     own = experiment("omni", 0.5, 1, 1.0, 1.0)
     own["revs"][0]["data"]["metrics"] |= {
@@ -81,6 +81,24 @@ def test_experiments_of_another_datasets_sweep_are_left_out():
     doc = [{**base["revs"][0], "experiments": [sinusoid_only, own, unchanged]}]
     assert sorted(run.name for run in collect(doc, "omniglot")[0]) == ["omni", "same"]
     assert sorted(run.name for run in collect(doc, "sinusoid")[0]) == ["omni", "same", "sin"]
+
+
+def test_experiments_that_change_more_than_noise_and_seed_are_other_studies():
+    baseline = experiment("main", 0.1, 0, 9.0, 9.0)
+    baseline["revs"][0]["data"]["params"]["params.yaml"]["data"]["sinusoid"] = {"tasks": {"bins": 20}}
+    grid, other = experiment("grid", 0.5, 1, 1.0, 1.0), experiment("other", 0.5, 1, 1.0, 1.0)
+    grid["revs"][0]["data"]["params"]["params.yaml"]["data"]["sinusoid"] = {"tasks": {"bins": 20}}
+    other["revs"][0]["data"]["params"]["params.yaml"]["data"]["sinusoid"] = {"tasks": {"bins": 10}}
+    doc = [{**baseline["revs"][0], "experiments": [grid, other]}]
+    assert [run.name for run in collect(doc, "sinusoid")[0]] == ["grid"]
+
+
+def test_a_grid_point_run_again_with_feedback_counts_once():
+    without = experiment("without", 0.5, 1, 1.0, 1.0)
+    del without["revs"][0]["data"]["metrics"]["metrics/sinusoid/noisy_maml_feedback.json"]
+    again = experiment("again", 0.5, 1, 1.0, 1.0)
+    runs, _ = collect(document(without, again, experiment("other seed", 0.5, 2, 1.0, 1.0)), "sinusoid")
+    assert sorted(run.name for run in runs) == ["again", "other seed"]
 
 
 def test_feedback_not_run_shows_na_not_the_baselines_numbers():

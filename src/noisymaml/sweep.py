@@ -124,6 +124,13 @@ def _metrics_of(rev: dict) -> dict[str, dict]:
     return {path: m["data"] for path, m in metrics.items() if "data" in m}
 
 
+def _changes_more_than_noise(params: dict, base_params: dict) -> bool:
+    """Whether an experiment changed params other than the sweep's own (`noise`, `seed`)."""
+    sweep_keys = {"noise", "seed"}
+    return any(params.get(key) != base_params.get(key)
+               for key in (params.keys() | base_params.keys()) - sweep_keys)
+
+
 def _own_metrics(params: dict, metrics: dict, baseline: dict) -> dict[str, dict]:
     """The metrics files an experiment produced itself. DVC lists every metrics file of the
     workspace: those of stages the experiment did not run (another dataset's, or feedback after
@@ -152,6 +159,8 @@ def collect(doc: list, dataset: str) -> tuple[list[SweepRun], list[FailedRun]]:
                 continue
             if executor.get("state") != "success" or not rev.get("data"):
                 continue
+            if _changes_more_than_noise(params, _params_of(baseline)):
+                continue  # another study (e.g. intershuffle tasks), not a point of the grid
             required = metrics_path(dataset, REQUIRED).as_posix()
             if required not in _metrics_of(rev):
                 raise DataError(f"experiment {rev['name']}: no {required}")
@@ -160,7 +169,18 @@ def collect(doc: list, dataset: str) -> tuple[list[SweepRun], list[FailedRun]]:
                 continue  # the baseline's file: a run of another dataset's sweep
             runs.append(SweepRun(rev["name"], noise["sigma"], noise.get("where", "both"),
                                  params["seed"], metrics))
-    return runs, failed
+    return _one_per_grid_point(runs), failed
+
+
+def _one_per_grid_point(runs: list[SweepRun]) -> list[SweepRun]:
+    """One run per (setting, seed): a re-run of a grid point (e.g. with feedback added) replaces
+    the run with fewer metrics files instead of counting as another seed."""
+    kept: dict[tuple, SweepRun] = {}
+    for run in runs:
+        key = (*run.setting, run.seed)
+        if key not in kept or len(run.metrics) > len(kept[key].metrics):
+            kept[key] = run
+    return list(kept.values())
 
 
 @dataclass(frozen=True)
