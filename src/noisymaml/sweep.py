@@ -30,6 +30,7 @@ SIGMAS = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0)  # log-spaced, and 0 (plain MAML)
 SEEDS = (0, 1, 2)
 PLACEMENTS = ("inner", "outer", "both")
 NO_NOISE = "off"
+SWEPT = ("noise", "seed")  # the params.yaml sections a sweep varies
 # (column title, method, metrics group, pre/post)
 COLUMNS = (
     ("validation, post", "noisy_maml", "val", "post"),
@@ -125,10 +126,9 @@ def _metrics_of(rev: dict) -> dict[str, dict]:
 
 
 def _changes_more_than_noise(params: dict, base_params: dict) -> bool:
-    """Whether an experiment changed params other than the sweep's own (`noise`, `seed`)."""
-    sweep_keys = {"noise", "seed"}
+    """Whether an experiment changed params other than the sweep's own (`SWEPT`)."""
     return any(params.get(key) != base_params.get(key)
-               for key in (params.keys() | base_params.keys()) - sweep_keys)
+               for key in (params.keys() | base_params.keys()) - set(SWEPT))
 
 
 def _own_metrics(params: dict, metrics: dict, baseline: dict) -> dict[str, dict]:
@@ -136,7 +136,7 @@ def _own_metrics(params: dict, metrics: dict, baseline: dict) -> dict[str, dict]
     workspace: those of stages the experiment did not run (another dataset's, or feedback after
     `--no-feedback`) still hold the baseline's values although noise or seed changed."""
     base_params = _params_of(baseline)
-    if all(params.get(key) == base_params.get(key) for key in ("noise", "seed")):
+    if all(params.get(key) == base_params.get(key) for key in SWEPT):
         return metrics
     base = _metrics_of(baseline)
     return {path: content for path, content in metrics.items() if content != base.get(path)}
