@@ -10,6 +10,7 @@ from torch.distributions import Normal, kl_divergence
 
 from noisymaml import meta_regularisation as mr
 from noisymaml.augmentation import MetaAugmented
+from noisymaml.errors import ParamError
 from noisymaml.maml import (CLASSIFICATION, REGRESSION, InnerLoop, adapt, make_forward,
                             per_task_meta_gradients)
 from noisymaml.methods import Method
@@ -64,6 +65,12 @@ def test_stochastic_layers_are_the_first_feature_layers(sinusoid, layers, expect
     for name in mr.stochastic(params):
         assert torch.allclose(params[mr.LOG_SIGMA + name].exp(), torch.tensor(0.05))
     assert "net.4.weight" in mr.adapted_names(params)  # the head always adapts
+
+
+def test_more_stochastic_layers_than_the_model_has_is_refused(sinusoid):
+    model = MLP(sinusoid.input_size, [8, 8], 1)
+    with pytest.raises(ParamError, match=r"stochastic_layers is 3 but the model has 2 feature layers"):
+        method("mr_maml_w", stochastic_layers=3).initial_params(model, 0)
 
 
 def test_conv4_stochastic_layers_cover_every_conv_block():

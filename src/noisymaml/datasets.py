@@ -151,7 +151,7 @@ def build_images(dataset: str, params: ImageParams, seed: int, source: Path, fet
     tasks = params.tasks
     check_episode_fits(dataset, tasks, pools.images)
     per_class = tasks.shots + tasks.query_shots
-    paired = dataset == "dclaw"  # fixed object tasks, in training and at test
+    paired = tasks.fixed_pairs
     groups = (class_pairs(pools.images["train"].shape[0]) if paired else
               nme_groups(pools.images["train"].shape[0], tasks.ways, seeded(seed, f"{dataset}/groups")))
     torch.save({"images": pools.images, "classes": pools.names, "groups": groups}, out / "pool.pt")

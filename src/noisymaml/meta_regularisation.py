@@ -16,12 +16,17 @@ import math
 
 import torch
 
+from noisymaml.errors import ParamError
+
 Params = dict[str, torch.Tensor]
 LOG_SIGMA = "log_sigma/"
 
 
 def stochastic_names(layers: list[list[str]], count: int | str) -> list[str]:
     """Parameter names of the first `count` feature layers ("all": every feature layer)."""
+    if count != "all" and count > len(layers):
+        raise ParamError(f"algorithms.mr_maml_w.stochastic_layers is {count} but the model has "
+                         f"{len(layers)} feature layers (use a number up to {len(layers)}, or all)")
     chosen = layers if count == "all" else layers[:count]
     return [name for layer in chosen for name in layer]
 

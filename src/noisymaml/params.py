@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, ClassVar, Literal, TypeVar
 
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
                       model_validator)
@@ -181,6 +181,8 @@ class ImageTasks(Section):
     query_shots: int = Field(ge=1)  # query images per class
     test_episodes: int = Field(ge=1)
     val_episodes: int = Field(ge=1)
+    # True where each training group and each val/test task is one fixed class pair (D'Claw objects)
+    fixed_pairs: ClassVar[bool] = False
 
 
 class OmniglotTasks(ImageTasks):
@@ -195,6 +197,7 @@ class DClawTasks(ImageTasks):
 
     split: Literal[1, 2, 3]
     ways: Literal[2] = 2
+    fixed_pairs: ClassVar[bool] = True
 
 
 class ConvParams(Section):
