@@ -131,22 +131,23 @@ def _changes_more_than_noise(params: dict, base_params: dict) -> bool:
                for key in (params.keys() | base_params.keys()) - set(SWEPT))
 
 
-def _own_metrics(params: dict, metrics: dict, baseline: dict) -> dict[str, dict]:
+def _own_metrics(params: dict, metrics: dict, base_params: dict,
+                 base_metrics: dict[str, dict]) -> dict[str, dict]:
     """The metrics files an experiment produced itself. DVC lists every metrics file of the
     workspace: those of stages the experiment did not run (another dataset's, or feedback after
     `--no-feedback`) still hold the baseline's values although noise or seed changed."""
-    base_params = _params_of(baseline)
     if all(params.get(key) == base_params.get(key) for key in SWEPT):
         return metrics
-    base = _metrics_of(baseline)
-    return {path: content for path, content in metrics.items() if content != base.get(path)}
+    return {path: content for path, content in metrics.items() if content != base_metrics.get(path)}
 
 
 def collect(doc: list, dataset: str) -> tuple[list[SweepRun], list[FailedRun]]:
     """Finished experiments that ran `dataset`'s noisy chain, and failed experiments, of a
     `dvc exp show --json` document (queued and running ones are left out)."""
     runs, failed = [], []
+    required = metrics_path(dataset, REQUIRED).as_posix()
     for baseline in doc:
+        base_params, base_metrics = _params_of(baseline), _metrics_of(baseline)
         for experiment in baseline.get("experiments") or []:
             executor = experiment.get("executor") or {"state": "success"}
             rev = experiment["revs"][0]
@@ -159,12 +160,12 @@ def collect(doc: list, dataset: str) -> tuple[list[SweepRun], list[FailedRun]]:
                 continue
             if executor.get("state") != "success" or not rev.get("data"):
                 continue
-            if _changes_more_than_noise(params, _params_of(baseline)):
+            if _changes_more_than_noise(params, base_params):
                 continue  # another study (e.g. intershuffle tasks), not a point of the grid
-            required = metrics_path(dataset, REQUIRED).as_posix()
-            if required not in _metrics_of(rev):
+            metrics = _metrics_of(rev)
+            if required not in metrics:
                 raise DataError(f"experiment {rev['name']}: no {required}")
-            metrics = _own_metrics(params, _metrics_of(rev), baseline)
+            metrics = _own_metrics(params, metrics, base_params, base_metrics)
             if required not in metrics:
                 continue  # the baseline's file: a run of another dataset's sweep
             runs.append(SweepRun(rev["name"], noise["sigma"], noise.get("where", "both"),
