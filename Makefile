@@ -1,6 +1,7 @@
 # Two entry points do everything on a fresh machine:
 #   make repro   create .venv from requirements.txt if needed, then `dvc repro` (default params.yaml)
-#   make test    create .venv if needed, then run the test suite
+#   make test    create .venv if needed, then ruff check and the whole test suite
+#                (quick loop: .venv/bin/python -m pytest -q -m "not slow")
 # and for studies:
 #   make sweep DATASET=sinusoid   the sigma x placement x seed sweep as DVC experiments, then
 #                                 reports/sweep_<dataset>.md (after `make repro`)
@@ -36,6 +37,7 @@ repro: $(STAMP) archives
 	dvc repro
 
 test: $(STAMP)
+	ruff check src stages tests benchmarks
 	python -m pytest -q
 
 sweep: repro

@@ -21,19 +21,20 @@ from __future__ import annotations
 import resource
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable
 
 import click
 import torch
 from torch.func import functional_call
 
-from noisymaml.maml import CLASSIFICATION, InnerLoop, task_threads
-from noisymaml.models import Conv4, init_params
-from noisymaml.noise import GradientNoise
-from noisymaml.tasks import TaskBatch
-from noisymaml.training import MetaTrainer, resolve_device
+from noisymaml.core.devices import resolve_device
+from noisymaml.core.maml import CLASSIFICATION, InnerLoop, task_threads
+from noisymaml.core.models import Conv4, init_params
+from noisymaml.core.tasks import TaskBatch
+from noisymaml.core.training import MetaTrainer, TrainerConfig
+from noisymaml.methods.maml import MAML
 
 PAPER_ITERATIONS = 60_000
 
@@ -141,8 +142,9 @@ def benchmark(name: str, config: Config, device: torch.device, iterations: int, 
     precisions = (None, torch.bfloat16) if device.type == "cuda" else (None,)
     for autocast in precisions:
         for batched in (False, True):
-            trainer = MetaTrainer(model, initial, CLASSIFICATION, config.inner, GradientNoise(), 1e-3,
-                                  config.meta_batch, 0, device, batched, autocast=autocast)
+            trainer = MetaTrainer(model, initial, TrainerConfig(
+                CLASSIFICATION, config.inner, MAML(), 1e-3, config.meta_batch, 0, device,
+                batched=batched, autocast=autocast))
             label = f"(b) noisymaml step, tasks {'batched (vmap)' if batched else looped}"
             steps[label + (", bf16" if autocast else "")] = partial(trainer.step, tasks)
     results = timed(steps, iterations, warmup, rounds, device)

@@ -1,21 +1,15 @@
 """Stage `report`: results tables and plots of all methods on all datasets, in reports/."""
 
-from pathlib import Path
-
 import click
 
 from noisymaml.errors import stage
-from noisymaml.params import read_params
-from noisymaml.report import REPORT_FILE, write_report
-
-OUT_DIR = Path("reports")
+from noisymaml.reporting.report import write_default_report
 
 
 @click.command()
 @stage
 def main() -> None:
-    write_report(OUT_DIR, read_params())
-    click.echo(f"[report] wrote {OUT_DIR / REPORT_FILE}")
+    click.echo(f"[report] wrote {write_default_report()}")
 
 
 if __name__ == "__main__":

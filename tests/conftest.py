@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from noisymaml.maml import REGRESSION, InnerLoop
-from noisymaml.models import MLP, init_params
-from noisymaml.noise import GradientNoise
-from noisymaml.params import SinusoidTasks
-from noisymaml.sinusoid import SinusoidNME
-from noisymaml.training import MetaTrainer
+from noisymaml.core.maml import REGRESSION, InnerLoop
+from noisymaml.core.models import MLP, init_params
+from noisymaml.core.noise import GradientNoise
+from noisymaml.core.training import MetaTrainer, TrainerConfig
+from noisymaml.datasets.sinusoid import SinusoidNME, SinusoidTasks
+from noisymaml.methods.maml import MAML
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,8 +63,9 @@ def make_trainer(sinusoid):
              meta_lr: float = 0.01) -> MetaTrainer:
         model = MLP(sinusoid.input_size, list(hidden), 1)
         params = init_params(model, init_seed)
-        return MetaTrainer(model, params, REGRESSION, InnerLoop(inner_lr, inner_steps, first_order),
-                           noise, meta_lr, meta_batch, seed, torch.device("cpu"), batched)
+        return MetaTrainer(model, params, TrainerConfig(
+            REGRESSION, InnerLoop(inner_lr, inner_steps, first_order), MAML(), meta_lr, meta_batch, seed,
+            noise=noise, batched=batched))
     return make
 
 

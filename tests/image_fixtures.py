@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from noisymaml.dclaw import OUTCOMES
+from noisymaml.datasets.dclaw import OUTCOMES
 
 CLASSES_PER_SPLIT = {"train": 4, "val": 2, "test": 2}
 PICKLE_NAMES = {split: f"mini-imagenet-cache-{name}.pkl"

@@ -8,9 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from noisymaml.datasets import build_episodes, load_file, load_task_data
+from noisymaml.core.files import load_file
+from noisymaml.datasets import DATASETS
+from noisymaml.datasets.base import FetchSettings
+from noisymaml.datasets.omniglot import OmniglotSettings
 from noisymaml.errors import ParamError
-from noisymaml.params import FetchParams, OmniglotParams, read_params
+from noisymaml.pipeline.params import read_params
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "omniglot"
@@ -18,15 +21,16 @@ SHARED = ROOT.parent / "shared" / "data" / "omniglot"
 pytestmark = pytest.mark.skipif(not list(SHARED.glob("*.zip")), reason=f"no archives in {SHARED}")
 
 
-def omniglot_params(**tasks) -> OmniglotParams:
+def omniglot_params(**tasks) -> OmniglotSettings:
     raw = copy.deepcopy(read_params(ROOT / "params.yaml")["omniglot"])
     raw["tasks"].update({"ways": 5, "test_episodes": 30, "val_episodes": 10,
                          "split": {"train": 40, "val": 10, "test": 20}, **tasks})
-    return OmniglotParams.model_validate(raw)
+    return OmniglotSettings.model_validate(raw)
 
 
-def build_omniglot(params: OmniglotParams, seed: int, out: Path) -> dict:
-    return build_episodes("omniglot", params, seed, SHARED, FetchParams(), out)
+def build_omniglot(params: OmniglotSettings, seed: int, out: Path) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    return DATASETS["omniglot"].build_episodes(params, seed, SHARED, FetchSettings(), out)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +63,7 @@ def test_no_test_drawing_is_ever_a_training_drawing(built):
 
 
 def test_training_tasks_only_use_training_characters(built):
-    data = load_task_data("omniglot", omniglot_params(), built, torch.device("cpu"))
+    data = DATASETS["omniglot"].load(omniglot_params(), built, torch.device("cpu"))
     pool = load_file(built / "pool.pt")
     train_keys, test_keys = image_keys(pool["images"]["train"]), image_keys(pool["images"]["test"])
     tasks = data.train.sample(8, torch.Generator().manual_seed(1))
@@ -69,7 +73,7 @@ def test_training_tasks_only_use_training_characters(built):
 
 
 def test_nme_training_labels_are_fixed_per_character(built):
-    data = load_task_data("omniglot", omniglot_params(), built, torch.device("cpu"))
+    data = DATASETS["omniglot"].load(omniglot_params(), built, torch.device("cpu"))
     label_of: dict[bytes, int] = {}
     tasks = data.train.sample(40, torch.Generator().manual_seed(2))
     for x, y in zip(tasks.support_x.flatten(0, 1), tasks.support_y.flatten()):

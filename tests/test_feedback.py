@@ -8,9 +8,9 @@ import statistics
 import pytest
 import torch
 
-from noisymaml.evaluation import split_summary_inputs
-from noisymaml.feedback import flatten, similarity, task_weights
-from noisymaml.metrics import format_mean_ci, mean_ci95, summarise
+from noisymaml.core.evaluation import split_summary_inputs
+from noisymaml.core.feedback import flatten, similarity, task_weights
+from noisymaml.core.metrics import format_mean_ci, mean_ci95, summarise
 
 
 def grads(rows: list[list[float]]) -> dict[str, torch.Tensor]:

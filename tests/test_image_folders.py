@@ -9,9 +9,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from image_fixtures import (CLASSES_PER_SPLIT, LANCZOS, PICKLE_NAMES, expected_spelling, spelled,
-                            write_dclaw, write_miniimagenet)
-from noisymaml import dclaw, miniimagenet
+from image_fixtures import (
+    CLASSES_PER_SPLIT,
+    LANCZOS,
+    PICKLE_NAMES,
+    expected_spelling,
+    spelled,
+    write_dclaw,
+    write_miniimagenet,
+)
+from noisymaml.datasets import dclaw, miniimagenet
 from noisymaml.errors import DataError
 
 # ---- MiniImageNet ------------------------------------------------------------------------------

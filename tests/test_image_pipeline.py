@@ -14,6 +14,8 @@ import yaml
 from image_fixtures import write_dclaw, write_miniimagenet
 from project_copy import ROOT, copy_project, run
 
+pytestmark = pytest.mark.slow  # `dvc repro` in a copy of the project
+
 DATASETS = ("miniimagenet", "dclaw")
 METHODS = ("maml", "mr_maml_w", "noisy_maml", "noisy_maml_feedback", "noisy_maml_continued")
 MINI_CLASSES = {"train": 6, "val": 3, "test": 3}

@@ -11,13 +11,22 @@ import torch
 from torch import nn
 from torch.func import grad
 
-from noisymaml.evaluation import capture_gradients, evaluate
-from noisymaml.maml import (CLASSIFICATION, REGRESSION, InnerLoop, Objective, adapt,
-                            evaluate_tasks, make_forward, per_task_meta_gradients, run_tasks,
-                            support_gradient)
-from noisymaml.models import MLP, Conv4, init_params
-from noisymaml.noise import GradientNoise
-from noisymaml.tasks import TaskBatch
+from noisymaml.core.evaluation import capture_gradients, evaluate
+from noisymaml.core.maml import (
+    CLASSIFICATION,
+    REGRESSION,
+    InnerLoop,
+    Objective,
+    adapt,
+    evaluate_tasks,
+    make_forward,
+    per_task_meta_gradients,
+    run_tasks,
+    support_gradient,
+)
+from noisymaml.core.models import MLP, Conv4, init_params
+from noisymaml.core.noise import GradientNoise
+from noisymaml.core.tasks import TaskBatch
 
 
 def generator(seed: int = 0) -> torch.Generator:

@@ -8,29 +8,23 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from noisymaml import meta_regularisation as mr
-from noisymaml.augmentation import MetaAugmented
-from noisymaml.errors import ParamError
-from noisymaml.maml import (CLASSIFICATION, REGRESSION, InnerLoop, adapt, make_forward,
-                            per_task_meta_gradients)
-from noisymaml.methods import Method
-from noisymaml.models import MLP, Conv4, build_model
-from noisymaml.noise import GradientNoise
-from noisymaml.params import AlgorithmsParams, MetaAugParams, MrMamlParams
-from noisymaml.pipeline import load_model, save_model
-from noisymaml.tasks import ClassificationTaskSource, nme_groups
-from noisymaml.training import MetaTrainer
+from noisymaml.core.maml import REGRESSION, InnerLoop, adapt, make_forward, per_task_meta_gradients
+from noisymaml.core.models import MLP, Conv4, build_model, load_model, save_model
+from noisymaml.core.noise import GradientNoise
+from noisymaml.core.tasks import ClassificationTaskSource, nme_groups
+from noisymaml.core.training import MetaTrainer, TrainerConfig
+from noisymaml.methods import MAML, METHODS
+from noisymaml.methods import mr_maml_w as mr
+from noisymaml.methods.meta_aug import MetaAugmented
+from noisymaml.pipeline.run import Run
 
-ALGORITHMS = AlgorithmsParams(mr_maml_w=MrMamlParams(beta=0.01, init_scale=0.05),
-                              meta_aug=MetaAugParams(range=2.0))
+SETTINGS = {"mr_maml_w": {"beta": 0.01, "init_scale": 0.05}, "meta_aug": {"range": 2.0}}
 
 
-def method(name: str, **mr_settings) -> Method:
-    algorithms = ALGORITHMS
-    if mr_settings:
-        algorithms = algorithms.model_copy(update={"mr_maml_w": MrMamlParams(
-            **{"beta": 0.01, "init_scale": 0.05, **mr_settings})})
-    return Method.parse(name, algorithms)
+def method(name: str, **mr_settings) -> MAML:
+    """The registered method of an algorithm name (`noisy_` makes no difference to the method)."""
+    algorithm = name.removeprefix("noisy_")
+    return METHODS[algorithm](**{**SETTINGS.get(algorithm, {}), **mr_settings})
 
 
 def generator(seed: int = 0) -> torch.Generator:
@@ -69,7 +63,7 @@ def test_stochastic_layers_are_the_first_feature_layers(sinusoid, layers, expect
 
 def test_more_stochastic_layers_than_the_model_has_is_refused(sinusoid):
     model = MLP(sinusoid.input_size, [8, 8], 1)
-    with pytest.raises(ParamError, match=r"stochastic_layers is 3 but the model has 2 feature layers"):
+    with pytest.raises(ValueError, match=r"stochastic_layers is 3 but the model has 2 feature layers"):
         method("mr_maml_w", stochastic_layers=3).initial_params(model, 0)
 
 
@@ -120,8 +114,8 @@ def test_posterior_scales_get_a_meta_gradient_and_the_trainer_adds_beta_kl(mr_se
     assert all(grads[mr.LOG_SIGMA + n].abs().sum() > 0 for n in mr.stochastic(params))
 
     model = MLP(sinusoid.input_size, [8, 8], 1)
-    trainer = MetaTrainer(model, params, REGRESSION, InnerLoop(0.1, 2), GradientNoise(), 0.01, 3,
-                          0, torch.device("cpu"), False, chosen)
+    trainer = MetaTrainer(model, params, TrainerConfig(REGRESSION, InnerLoop(0.1, 2), chosen, 0.01, 3, 0,
+                                                       batched=False))
     summary = trainer.step(sinusoid)
     torch.testing.assert_close(torch.tensor(summary["regulariser"]),
                                0.01 * mr.kl_to_standard_normal(params))
@@ -132,9 +126,9 @@ def test_batched_and_looped_training_agree_for_every_algorithm(sinusoid, name):
     def run(batched: bool) -> dict:
         model = MLP(sinusoid.input_size, [8], 1)
         chosen = method(name)
-        trainer = MetaTrainer(model, chosen.initial_params(model, 0), REGRESSION, InnerLoop(0.05, 2),
-                              GradientNoise(sigma=0.1), 0.01, 4, 0, torch.device("cpu"), batched,
-                              chosen)
+        trainer = MetaTrainer(model, chosen.initial_params(model, 0), TrainerConfig(
+            REGRESSION, InnerLoop(0.05, 2), chosen, 0.01, 4, 0, noise=GradientNoise(sigma=0.1),
+            batched=batched))
         source = chosen.training_source(sinusoid, False, 0)
         for _ in range(3):
             trainer.step(source)
@@ -151,7 +145,7 @@ def test_model_file_keeps_the_posterior_and_evaluation_uses_its_mean(tmp_path, s
     save_model(tmp_path / "m.pt", spec, params, {})
     _, loaded, _ = load_model(tmp_path / "m.pt")
     assert loaded.keys() == params.keys()
-    assert Method.evaluation_params(loaded).keys() == mr.posterior_mean(params).keys()
+    assert method("mr_maml_w").evaluation_params(loaded).keys() == mr.posterior_mean(params).keys()
 
 
 # --- meta-augmentation ----------------------------------------------------------------------
@@ -199,10 +193,12 @@ def test_other_methods_leave_the_tasks_alone(sinusoid):
 
 # --- names and FOMAML -----------------------------------------------------------------------
 
-def test_method_names_parse_into_algorithm_and_noise():
-    parsed = method("noisy_mr_maml_w")
-    assert (parsed.algorithm, parsed.noisy, parsed.settings.beta) == ("mr_maml_w", True, 0.01)
-    assert not method("maml").noisy
+def test_method_names_parse_into_algorithm_and_noise(root):
+    noisy = Run.from_params("sinusoid", "noisy_mr_maml_w", root / "params.yaml")
+    assert (noisy.algorithm, noisy.noise.active) == ("mr_maml_w", True)
+    assert isinstance(noisy.method, METHODS["mr_maml_w"]) and noisy.method.beta == 0.001
+    plain = Run.from_params("sinusoid", "maml", root / "params.yaml")
+    assert type(plain.method) is MAML and not plain.noise.active
 
 
 def test_fomaml_is_first_order_maml():
@@ -216,8 +212,8 @@ def test_noise_on_top_of_mr_maml_perturbs_only_what_the_inner_loop_adapts(sinuso
     model = MLP(sinusoid.input_size, [8], 1)
     chosen = method("noisy_mr_maml_w")
     params = chosen.initial_params(model, 0)
-    trainer = MetaTrainer(model, params, REGRESSION, InnerLoop(0.05, 2), GradientNoise(sigma=0.1),
-                          0.01, 2, 0, torch.device("cpu"), False, chosen)
+    trainer = MetaTrainer(model, params, TrainerConfig(REGRESSION, InnerLoop(0.05, 2), chosen, 0.01, 2, 0,
+                                                       noise=GradientNoise(sigma=0.1), batched=False))
     adapted, _ = trainer.inner.splits(params)
     noise = trainer.noise.inner(adapted, 2, 2, 0, generator())
     assert set(noise) == {"net.2.weight", "net.2.bias"}

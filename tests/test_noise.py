@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 
-from noisymaml.noise import GradientNoise, describe
-from noisymaml.params import NoiseParams
+from noisymaml.core.noise import GradientNoise, describe
+from noisymaml.pipeline.params import NoiseParams
+from noisymaml.pipeline.run import gradient_noise
 
 
 def generator(seed: int = 0) -> torch.Generator:
@@ -181,7 +182,7 @@ def test_step_schedule(t, expected):
 def test_from_params_copies_every_field():
     params = NoiseParams(sigma=0.2, mean=0.1, where="inner", outer_scale=0.5, schedule="step",
                          gamma=0.3, decay=2.0, decay_every=10)
-    noise = GradientNoise.from_params(params)
+    noise = gradient_noise(params)
     assert noise == GradientNoise(0.2, 0.1, "inner", 0.5, "step", 0.3, 2.0, 10)
 
 

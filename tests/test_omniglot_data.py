@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from noisymaml import omniglot
+from noisymaml.datasets import omniglot
 from noisymaml.errors import DataError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared/data/omniglot"

@@ -8,12 +8,26 @@ from pathlib import Path
 import pytest
 import yaml
 
+from noisymaml.datasets.base import FetchSettings
+from noisymaml.datasets.dclaw import DClawSettings
+from noisymaml.datasets.omniglot import OmniglotSettings
+from noisymaml.datasets.sinusoid import SinusoidSettings
 from noisymaml.errors import ParamError
-from noisymaml.noise import GradientNoise
-from noisymaml.params import (AlgorithmsParams, DClawParams, FeedbackParams, FetchParams,
-                              NoiseParams, OmniglotParams, SinusoidParams, check_method,
-                              parse_dataset, parse_datasets, parse_device, parse_method_lists,
-                              parse_section, parse_seed, read_params, trained_methods)
+from noisymaml.pipeline.params import (
+    AlgorithmsParams,
+    FeedbackParams,
+    NoiseParams,
+    check_method,
+    parse_dataset,
+    parse_datasets,
+    parse_device,
+    parse_method_lists,
+    parse_section,
+    parse_seed,
+    read_params,
+    trained_methods,
+)
+from noisymaml.pipeline.run import gradient_noise
 
 
 @pytest.fixture
@@ -43,14 +57,14 @@ def test_shipped_params_parse_in_every_section(shipped, root):
     raw = yaml.safe_load((root / "params.yaml").read_text())
     noise = parse_section(shipped, "noise", NoiseParams)
     assert noise.model_dump() == raw["noise"]
-    assert GradientNoise.from_params(noise).active
+    assert gradient_noise(noise).active
     feedback = parse_section(shipped, "feedback", FeedbackParams)
     assert feedback.model_dump() == raw["feedback"]
     sinusoid = parse_dataset(shipped, "sinusoid")
-    assert isinstance(sinusoid, SinusoidParams)
+    assert isinstance(sinusoid, SinusoidSettings)
     assert sinusoid.model_dump() == raw["sinusoid"]
     omniglot = parse_dataset(shipped, "omniglot")
-    assert isinstance(omniglot, OmniglotParams)
+    assert isinstance(omniglot, OmniglotSettings)
     assert omniglot.tasks.ways == raw["omniglot"]["tasks"]["ways"]
     assert omniglot.tasks.split.train == raw["omniglot"]["tasks"]["split"]["train"]
     assert parse_seed(shipped) == raw["seed"]
@@ -59,7 +73,7 @@ def test_shipped_params_parse_in_every_section(shipped, root):
     assert algorithms.mr_maml_w.model_dump() == raw["algorithms"]["mr_maml_w"]
     assert parse_method_lists(shipped) == (raw["methods"], raw["noisy_methods"])
     assert parse_datasets(shipped) == raw["datasets"]
-    assert parse_section(shipped, "fetch", FetchParams).model_dump() == raw["fetch"]
+    assert parse_section(shipped, "fetch", FetchSettings).model_dump() == raw["fetch"]
     for name in ("miniimagenet", "dclaw"):  # not run by default, but ready to select
         assert parse_dataset(shipped, name).model_dump(exclude_unset=True) == raw[name]
     assert sorted(raw) == ["algorithms", "datasets", "dclaw", "device", "feedback", "fetch", "methods",
@@ -73,9 +87,9 @@ def test_datasets_must_be_distinct_known_names(shipped, value):
 
 
 def test_dclaw_split_and_ways_are_checked(shipped):
-    message = error_of(changed(shipped, "dclaw.tasks.split", 4), "dclaw", DClawParams)
+    message = error_of(changed(shipped, "dclaw.tasks.split", 4), "dclaw", DClawSettings)
     assert "`dclaw.tasks.split` = 4" in message
-    message = error_of(changed(shipped, "dclaw.tasks.ways", 5), "dclaw", DClawParams)
+    message = error_of(changed(shipped, "dclaw.tasks.ways", 5), "dclaw", DClawSettings)
     assert "`dclaw.tasks.ways` = 5" in message
 
 
@@ -103,7 +117,7 @@ def test_unknown_schedule(shipped):
 
 
 def test_zero_ways(shipped):
-    message = error_of(changed(shipped, "omniglot.tasks.ways", 0), "omniglot", OmniglotParams)
+    message = error_of(changed(shipped, "omniglot.tasks.ways", 0), "omniglot", OmniglotSettings)
     assert "`omniglot.tasks.ways` = 0" in message
     assert "greater than or equal to 2" in message
 
@@ -115,19 +129,19 @@ def test_misspelt_key_is_reported_as_unknown(shipped):
     assert "unknown key `noise.sigam`" in message
     assert "missing key `noise.sigma`" in message
     nested = changed(shipped, "omniglot.tasks.wyas", 5)
-    assert "unknown key `omniglot.tasks.wyas`" in error_of(nested, "omniglot", OmniglotParams)
+    assert "unknown key `omniglot.tasks.wyas`" in error_of(nested, "omniglot", OmniglotSettings)
 
 
 def test_train_bins_above_bins(shipped):
     data = changed(shipped, "sinusoid.tasks.train_bins", 25)
-    message = error_of(data, "sinusoid", SinusoidParams)
+    message = error_of(data, "sinusoid", SinusoidSettings)
     assert "`sinusoid.tasks`" in message
     assert "train_bins (25)" in message and "bins (20)" in message
 
 
 def test_amp_min_above_amp_max(shipped):
     data = changed(shipped, "sinusoid.tasks.amp_min", 5.0)
-    message = error_of(data, "sinusoid", SinusoidParams)
+    message = error_of(data, "sinusoid", SinusoidSettings)
     assert "amp_min (5.0)" in message and "amp_max (4.0)" in message
 
 
@@ -137,7 +151,7 @@ def test_amp_min_above_amp_max(shipped):
     ({"train": 100.5, "val": 20, "test": 60}, "whole numbers"),
 ])
 def test_bad_splits(shipped, split, fragment):
-    message = error_of(changed(shipped, "omniglot.tasks.split", split), "omniglot", OmniglotParams)
+    message = error_of(changed(shipped, "omniglot.tasks.split", split), "omniglot", OmniglotSettings)
     assert "`omniglot.tasks.split`" in message
     assert fragment in message
 
@@ -145,7 +159,7 @@ def test_bad_splits(shipped, split, fragment):
 @pytest.mark.parametrize("split", [{"train": 0.6, "val": 0.1, "test": 0.3},
                                    {"train": 1100, "val": 100, "test": 423}])
 def test_good_splits(shipped, split):
-    parsed = parse_section(changed(shipped, "omniglot.tasks.split", split), "omniglot", OmniglotParams)
+    parsed = parse_section(changed(shipped, "omniglot.tasks.split", split), "omniglot", OmniglotSettings)
     assert parsed.tasks.split.train == split["train"]
 
 
@@ -252,7 +266,7 @@ def test_error_messages_name_the_given_path(shipped, tmp_path: Path):
 
 def test_bad_batched_tasks_names_the_key_and_the_choices(shipped):
     message = error_of(changed(shipped, "sinusoid.train.batched_tasks", "maybe"), "sinusoid",
-                       SinusoidParams)
+                       SinusoidSettings)
     assert "`sinusoid.train.batched_tasks` = 'maybe'" in message
     assert "auto" in message and "true" in message.lower() and "false" in message.lower()
 
@@ -260,18 +274,18 @@ def test_bad_batched_tasks_names_the_key_and_the_choices(shipped):
 @pytest.mark.parametrize("width", [0, -4])
 def test_hidden_layer_widths_must_be_positive(shipped, width):
     message = error_of(changed(shipped, "sinusoid.model.hidden", [40, width]), "sinusoid",
-                       SinusoidParams)
+                       SinusoidSettings)
     assert "`sinusoid.model.hidden.1`" in message
 
 
 def test_valid_omniglot_params_always_give_a_buildable_network(shipped):
     """Either validation refuses the combination (naming image_size), or the network builds."""
-    from noisymaml.models import Conv4
+    from noisymaml.core.models import Conv4
 
     data = changed(changed(shipped, "omniglot.tasks.image_size", 8), "omniglot.model.downsample",
                    "maxpool")
     try:
-        parsed = parse_section(data, "omniglot", OmniglotParams)
+        parsed = parse_section(data, "omniglot", OmniglotSettings)
     except ParamError as err:
         assert "image_size" in str(err) and "maxpool" in str(err)
         return
@@ -280,10 +294,10 @@ def test_valid_omniglot_params_always_give_a_buildable_network(shipped):
 
 
 def test_smallest_images_work_with_strided_convolutions(shipped):
-    from noisymaml.models import Conv4
+    from noisymaml.core.models import Conv4
 
     data = changed(shipped, "omniglot.tasks.image_size", 8)
-    parsed = parse_section(data, "omniglot", OmniglotParams)
+    parsed = parse_section(data, "omniglot", OmniglotSettings)
     assert parsed.model.downsample == "stride"
     Conv4(1, parsed.tasks.image_size, 5, filters=4, downsample="stride")  # builds fine
 

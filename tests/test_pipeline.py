@@ -21,8 +21,8 @@ from project_copy import ROOT, copy_project, run, stage_env
 ARCHIVES = ROOT.parent / "shared" / "data" / "omniglot"
 METHODS = ("maml", "mr_maml_w", "noisy_maml", "noisy_maml_feedback", "noisy_maml_continued")
 
-pytestmark = pytest.mark.skipif(not list(ARCHIVES.glob("*.zip")),
-                                reason=f"no Omniglot archives in {ARCHIVES}")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not list(ARCHIVES.glob("*.zip")),
+                                                   reason=f"no Omniglot archives in {ARCHIVES}")]
 
 
 def tiny_params() -> dict:
@@ -81,6 +81,20 @@ def test_second_repro_does_nothing(project: Path):
     result = run(["dvc", "repro"], project)
     assert "Running stage" not in result.stdout
     assert "up to date" in result.stdout
+
+
+@pytest.mark.parametrize("module, expected", [("reporting/report.py", {"report"}),
+                                              ("reporting/sweep.py", {"report"}),
+                                              ("predict.py", set()), ("cli.py", set())])
+def test_editing_report_or_command_code_retrains_nothing(project: Path, module, expected):
+    path = project / "src" / "noisymaml" / module
+    original = path.read_text()
+    path.write_text(original + "\n# an edit\n")
+    try:
+        changed = set(json.loads(run(["dvc", "status", "--json"], project).stdout))
+    finally:
+        path.write_text(original)
+    assert changed == expected
 
 
 @contextmanager

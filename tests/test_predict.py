@@ -14,11 +14,11 @@ import torch
 from click.testing import CliRunner
 from PIL import Image, ImageDraw
 
-from noisymaml import omniglot, predict
+from noisymaml import predict
 from noisymaml.cli import main
+from noisymaml.core.models import build_model, init_params, save_model
+from noisymaml.datasets import omniglot
 from noisymaml.errors import DataError
-from noisymaml.models import build_model, init_params
-from noisymaml.pipeline import save_model
 
 CLASSES = ["bar", "ring", "slash"]
 SPEC = {"kind": "conv4", "in_channels": 1, "image_size": 28, "n_classes": 3, "filters": 8,

@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from noisymaml.errors import DataError
-from noisymaml.params import read_params
-from noisymaml.paths import curve_path, metrics_path
-from noisymaml.report import REPORT_FILE, align_curves, load_curves, load_metrics, write_report
+from noisymaml.pipeline.params import read_params
+from noisymaml.pipeline.paths import curve_path, metrics_path
+from noisymaml.reporting.report import REPORT_FILE, align_curves, load_curves, load_metrics, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from noisymaml.cli import main
 from noisymaml.errors import DataError
-from noisymaml.sweep import choose, collect, queue_commands, sweep_rows, sweep_table, write_sweep_report
+from noisymaml.reporting.sweep import choose, collect, queue_commands, sweep_rows, sweep_table, write_sweep_report
 
 METHODS = ("noisy_maml", "noisy_maml_feedback", "noisy_maml_continued")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

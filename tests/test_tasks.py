@@ -7,10 +7,15 @@ import math
 import pytest
 import torch
 
-from noisymaml.params import SinusoidTasks
-from noisymaml.sinusoid import SinusoidNME
-from noisymaml.tasks import (ClassificationTaskSource, EpisodeSet, TaskBatch,
-                             nme_groups, random_drawers, standard_episodes)
+from noisymaml.core.tasks import (
+    ClassificationTaskSource,
+    EpisodeSet,
+    TaskBatch,
+    nme_groups,
+    random_drawers,
+    standard_episodes,
+)
+from noisymaml.datasets.sinusoid import SinusoidNME, SinusoidTasks
 
 N_CLASSES, DRAWERS, WAYS, SHOTS, QUERY = 12, 6, 3, 2, 3
 

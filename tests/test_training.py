@@ -8,12 +8,19 @@ from pathlib import Path
 import pytest
 import torch
 
+from noisymaml.core.devices import resolve_device
+from noisymaml.core.files import save_atomic
+from noisymaml.core.maml import REGRESSION, InnerLoop, evaluate_tasks, make_forward, per_task_meta_gradients
+from noisymaml.core.models import MLP
+from noisymaml.core.noise import GradientNoise
+from noisymaml.core.training import (
+    NOISE_STREAM,
+    Checkpoint,
+    TrainingDiverged,
+    fingerprint,
+    train,
+)
 from noisymaml.errors import NoisyMamlError
-from noisymaml.maml import REGRESSION, InnerLoop, evaluate_tasks, make_forward, per_task_meta_gradients
-from noisymaml.models import MLP
-from noisymaml.noise import GradientNoise
-from noisymaml.training import (NOISE_STREAM, Checkpoint, TrainingDiverged, fingerprint,
-                                resolve_device, save_atomic, train)
 
 NOISE = GradientNoise(sigma=0.1, where="both", outer_scale=0.4, schedule="anneal", gamma=0.55)
 ITERATIONS, EVERY, LOG_EVERY = 10, 2, 3

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import click
 
+from noisymaml.core.devices import resolve_device
+from noisymaml.datasets import DATASETS
 from noisymaml.errors import DataError, stage
-from noisymaml.params import DATASETS
 from noisymaml.predict import predict_folders, summary, write_predictions
-from noisymaml.sweep import (PLACEMENTS, SEEDS, SIGMAS, queue_commands, run_queue,
-                             write_sweep_report)
-from noisymaml.training import resolve_device
+from noisymaml.reporting.sweep import PLACEMENTS, SEEDS, SIGMAS, queue_commands, run_queue, write_sweep_report
 
 
 @click.group()
@@ -69,7 +68,7 @@ def _numbers(kind):
         try:
             return tuple(kind(v) for v in value.split(","))
         except ValueError:
-            raise click.BadParameter(f"expected comma-separated {kind.__name__} values, got {value!r}")
+            raise click.BadParameter(f"expected comma-separated {kind.__name__} values, got {value!r}") from None
     return parse
 
 

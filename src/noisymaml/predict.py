@@ -12,7 +12,7 @@ The steps of `noisymaml predict`, as small functions usable from notebooks and t
 
 `predict_folders` runs all of them; `write_predictions` writes the CSV.
 
-Images are converted as the Omniglot training images (`omniglot._decode`): grey ("L"),
+Images are converted as the Omniglot training images (`datasets.imagefiles.grey`): grey ("L"),
 resized to the model's image size with LANCZOS, inverted (255 - pixel, strokes bright), /255.
 Only two things happen before that, both no-ops for the training PNGs: an EXIF orientation
 tag is applied, and a transparent background is laid on white paper.
@@ -35,12 +35,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from noisymaml.datasets import load_file
+from noisymaml.core import Params
+from noisymaml.core.files import load_file
+from noisymaml.core.maml import CLASSIFICATION, InnerLoop, adapt, make_forward
+from noisymaml.core.models import load_model
+from noisymaml.datasets.imagefiles import grey
 from noisymaml.errors import DataError, NoisyMamlError
-from noisymaml.maml import CLASSIFICATION, InnerLoop, adapt, make_forward
-from noisymaml.pipeline import load_model
 
-Params = dict[str, torch.Tensor]
 MAX_BATCH = 1000  # query images normalised together (batch-norm statistics) per forward pass
 CSV_COLUMNS = ("file", "predicted_class", "probability")
 
@@ -161,13 +162,13 @@ def read_image(path: Path, image_size: int) -> np.ndarray:
                 if upright.has_transparency_data:  # transparent background -> white paper
                     rgba = upright.convert("RGBA")
                     upright = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
-                grey = upright.convert("L").resize((image_size, image_size), Image.Resampling.LANCZOS)
+                pixels = grey(upright, image_size)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageError(f"{path}: image too large, refused as a possible decompression bomb ({err})") from None
     except Exception as err:  # PIL raises many types on broken files (OSError, SyntaxError, ...)
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ImageError(f"{path}: cannot read image ({reason})") from None
-    return 255 - np.asarray(grey, dtype=np.uint8)
+    return pixels
 
 
 def to_batch(images: list[np.ndarray], device: torch.device | str = "cpu") -> torch.Tensor:
@@ -225,7 +226,7 @@ def load_support(folder: Path, classifier: Classifier,
     """Read every support image; any unreadable one is fatal (DataError naming the file)."""
     classes = support_classes(folder, classifier.n_classes)
     files, images, labels = [], [], []
-    for label, (name, paths) in enumerate(classes.items()):
+    for label, paths in enumerate(classes.values()):
         for path in paths:
             try:
                 images.append(read_image(path, classifier.image_size))

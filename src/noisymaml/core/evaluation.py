@@ -7,10 +7,9 @@ from typing import Protocol
 import torch
 from torch.func import vmap
 
-from noisymaml.maml import Forward, InnerLoop, Objective, evaluate_tasks, support_gradient
-from noisymaml.tasks import TaskBatch
-
-Params = dict[str, torch.Tensor]
+from noisymaml.core import Params
+from noisymaml.core.maml import Forward, InnerLoop, Objective, evaluate_tasks, support_gradient
+from noisymaml.core.tasks import TaskBatch
 
 
 class EvaluationSet(Protocol):

@@ -6,10 +6,14 @@ rebuild the network and check the input shape without trusting pickled code.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
-Params = dict[str, torch.Tensor]
+from noisymaml.core import Params
+from noisymaml.core.files import load_file, save_atomic
+from noisymaml.errors import DataError
 
 
 class MLP(nn.Module):
@@ -95,3 +99,25 @@ def init_params(model: nn.Module, seed: int) -> Params:
     finally:
         torch.random.set_rng_state(generator_state)
     return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def save_model(path: Path, spec: dict, params: Params, info: dict) -> None:
+    """A model file: the network's spec, its meta-parameters (on the CPU) and plain-data info."""
+    save_atomic({"spec": spec, "params": {k: v.cpu() for k, v in params.items()}, "info": info}, path)
+
+
+def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, Params, dict]:
+    """Rebuild the network and its meta-parameters from a model file (no code is unpickled).
+
+    Besides the network's own parameters a file may hold a method's extra meta-parameters,
+    named `<kind>/<parameter>` (e.g. MR-MAML(W)'s `log_sigma/...`): network names have no "/".
+    """
+    saved = load_file(path)
+    if not {"spec", "params"} <= set(saved):
+        raise DataError(f"{path}: not a noisymaml model file (expected keys spec and params)")
+    model = build_model(saved["spec"]).to(device)
+    params = {k: v.to(device) for k, v in saved["params"].items()}
+    expected = {name for name, _ in model.named_parameters()}
+    if {name for name in params if "/" not in name} != expected:
+        raise DataError(f"{path}: parameters do not match its model spec {saved['spec']}")
+    return model, params, saved["spec"]

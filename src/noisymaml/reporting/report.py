@@ -11,20 +11,34 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from matplotlib.figure import Figure
 
+from noisymaml.core.metrics import MEMORISATION_TASKS, format_mean_ci
+from noisymaml.datasets import DATASETS
+from noisymaml.datasets.base import Measure
 from noisymaml.errors import DataError
-from noisymaml.metrics import MEMORISATION_TASKS, format_mean_ci
-from noisymaml.params import (NOISY, AlgorithmsParams, FeedbackParams, NoiseParams, Section,
-                              parse_dataset, parse_datasets, parse_section, parse_seed,
-                              trained_methods)
-from noisymaml.paths import curve_path, metrics_path
+from noisymaml.methods import METHODS
+from noisymaml.pipeline.params import (
+    NOISY,
+    AlgorithmsParams,
+    FeedbackParams,
+    NoiseParams,
+    Section,
+    parse_dataset,
+    parse_datasets,
+    parse_section,
+    parse_seed,
+    read_params,
+    trained_methods,
+)
+from noisymaml.pipeline.paths import curve_path, metrics_path
+from noisymaml.pipeline.steps import FEEDBACK_VARIANTS
 
-FEEDBACK_VARIANTS = ("feedback", "continued")  # runs that go on from feedback.method's model
+REPORTS = Path("reports")
 PALETTE = ("tab:blue", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive",
            "tab:cyan", "tab:gray", "tab:green", "tab:red")
 REPORT_FILE = "report.md"
@@ -43,32 +57,8 @@ NOISE_WHERE = {"inner": "inner-loop", "outer": "outer-loop", "both": "inner- and
 Curve = dict[str, list[float]]
 
 
-@dataclass(frozen=True)
-class Measure:
-    """How a dataset is scored: the metric key in metrics files and how it is shown."""
-
-    key: str
-    name: str
-    percent: bool
-    better: str
-
-    def column(self, stage: str) -> str:
-        return f"{self.key}_{stage}"
-
-    def shown(self, value: float) -> float:
-        return value * 100.0 if self.percent else value
-
-
-REGRESSION_MEASURE = Measure("loss", "MSE", False, "lower is better")
-CLASSIFICATION_MEASURE = Measure("acc", "accuracy (%)", True, "higher is better")
-
-
 def measure_of(dataset: str) -> Measure:
-    return REGRESSION_MEASURE if dataset == "sinusoid" else CLASSIFICATION_MEASURE
-
-
-ALGORITHM_LABELS = {"maml": "MAML", "fomaml": "first-order MAML", "mr_maml_w": "MR-MAML(W)",
-                    "meta_aug": "MAML + meta-augmentation"}
+    return DATASETS[dataset].measure
 
 
 def method_labels(methods: list[str], sigma: float) -> dict[str, str]:
@@ -82,7 +72,7 @@ def method_labels(methods: list[str], sigma: float) -> dict[str, str]:
                                 else f"{base}, continued without feedback")
                 break
         else:
-            algorithm = ALGORITHM_LABELS[name.removeprefix(NOISY)]
+            algorithm = METHODS[name.removeprefix(NOISY)].label
             labels[name] = (f"noisy {algorithm} (sigma = {sigma:g})" if name.startswith(NOISY)
                             else algorithm)
     return labels
@@ -212,43 +202,6 @@ def _save(figure: Figure, path: Path) -> None:
 
 
 @dataclass(frozen=True)
-class Reported:
-    """A figure from a paper, for the same dataset and protocol family (reported, not reproduced)."""
-
-    setting: str
-    method: str
-    value: str
-    source: str
-
-
-RAJENDRAN = "Rajendran et al. 2020, Meta-Learning Requires Meta-Augmentation (NeurIPS 2020)"
-FINN = "Finn et al. 2017, Model-Agnostic Meta-Learning (ICML 2017)"
-REPORTED = {
-    "omniglot": (
-        Reported("NME, 20-way 1-shot, full Omniglot", "MAML", "7.8%",
-                 "Yin et al. 2020, Meta-Learning without Memorization (ICLR 2020)"),
-        Reported("NME, 20-way 1-shot, full Omniglot", "noisy MAML", "82.36%",
-                 "Gogoi, Tiwari & Verma 2024, arXiv 2405.12299"),
-        Reported("standard (mutually exclusive), 20-way 1-shot, full Omniglot", "MAML", "95.8 ± 0.3%",
-                 FINN),
-    ),
-    "miniimagenet": (
-        Reported("NME, 5-way 1-shot", "MAML", "30.2%", RAJENDRAN),
-        Reported("intrashuffle, 5-way 1-shot", "MAML", "42.7%", RAJENDRAN),
-        Reported("intershuffle, 5-way 1-shot", "MAML", "46%", RAJENDRAN),
-        Reported("standard (mutually exclusive), 5-way 1-shot", "MAML", "48.70 ± 1.84%", FINN),
-    ),
-    "dclaw": (
-        Reported("NME, 2-way 1-shot", "MAML", "72.5%", RAJENDRAN),
-        Reported("intrashuffle, 2-way 1-shot", "MAML", "79.8%", RAJENDRAN),
-        Reported("intershuffle, 2-way 1-shot", "MAML", "83.1%", RAJENDRAN),
-    ),
-}
-FULL_OMNIGLOT_CHARACTERS = 1623
-PAPER_ITERATIONS = {"omniglot": 60_000, "miniimagenet": 60_000}  # Finn et al. 2017
-
-
-@dataclass(frozen=True)
 class Settings:
     """The params the report states: what produced the numbers."""
 
@@ -260,7 +213,7 @@ class Settings:
     datasets: dict[str, Section]
 
     @classmethod
-    def from_params(cls, params: dict) -> "Settings":
+    def from_params(cls, params: dict) -> Settings:
         return cls(parse_seed(params), trained_methods(params),
                    parse_section(params, "algorithms", AlgorithmsParams),
                    parse_section(params, "noise", NoiseParams),
@@ -276,8 +229,13 @@ class Settings:
 
     def chance(self, dataset: str) -> float | None:
         """1/ways for classification datasets; None where there is no chance level."""
-        ways = getattr(self.datasets[dataset].tasks, "ways", None)
-        return None if ways is None else 1.0 / ways
+        return DATASETS[dataset].chance(self.datasets[dataset])
+
+
+def write_default_report() -> Path:
+    """The `report` stage: reports/report.md from params.yaml and the files on disk."""
+    write_report(REPORTS, read_params())
+    return REPORTS / REPORT_FILE
 
 
 def write_report(out_dir: Path, params: dict) -> None:
@@ -340,41 +298,23 @@ def _settings_list(settings: Settings) -> str:
 
 def literature_table(dataset: str, config: Section, seed: int) -> list[str]:
     """The papers' figures beside this project's setting, which is marked when it is reduced."""
-    reported = REPORTED.get(dataset)
+    spec = DATASETS[dataset]
+    reported = spec.reported
     if not reported:
         return []
     tasks = config.tasks
     ours = f"this project's table above: {tasks.mode}, {tasks.ways}-way {tasks.shots}-shot, seed {seed}"
-    reduced = _reductions(dataset, config)
+    reduced = spec.reductions(config)
     if reduced:
-        ours += (f" — a reduced setting ({', '.join(reduced)}; the papers: {_paper_scale(dataset)}); "
+        ours += (f" — a reduced setting ({', '.join(reduced)}; the papers: {spec.paper_scale()}); "
                  "not comparable number for number")
-    elif dataset in PAPER_ITERATIONS:
+    elif spec.paper_iterations:
         ours += " (paper scale)"
     rows = [[r.setting, r.method, r.value, r.source] for r in reported]
     return ["", "Reported in the literature (quoted, not reproduced here):", "",
             *(_table_row(row) for row in [["setting", "method", "reported test accuracy", "source"],
                                           [":--", ":--", "--:", ":--"], *rows]),
             "", f"Compare with {ours}."]
-
-
-def _reductions(dataset: str, config: Section) -> list[str]:
-    """How this setting falls short of the papers' scale (data, meta-iterations)."""
-    reduced = []
-    if dataset == "omniglot":
-        split = config.tasks.split
-        characters = split.train + split.val + split.test
-        if characters < FULL_OMNIGLOT_CHARACTERS:
-            reduced.append(f"{characters:g} characters" if characters >= 1
-                           else "a fraction of the characters")
-    if config.train.iterations < PAPER_ITERATIONS.get(dataset, 0):
-        reduced.append(f"{config.train.iterations} meta-iterations")
-    return reduced
-
-
-def _paper_scale(dataset: str) -> str:
-    data = f"all {FULL_OMNIGLOT_CHARACTERS} characters, " if dataset == "omniglot" else ""
-    return f"{data}{PAPER_ITERATIONS[dataset]:,} meta-iterations"
 
 
 def _dataset_section(dataset: str, settings: Settings, labels: dict[str, str], out_dir: Path) -> str:

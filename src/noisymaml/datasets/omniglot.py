@@ -1,17 +1,26 @@
-"""Omniglot archives: find, verify or download them, and decode their characters from the zips."""
+"""Omniglot (Lake et al. 2015): find, verify or download the archives, decode their characters
+from the zips, and split the characters into train/val/test pools (Finn et al. 2017's protocol)."""
+
+from __future__ import annotations
 
 import hashlib
 import io
 import zipfile
-import zlib
-from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path, PurePosixPath
+from typing import Literal
 
 import numpy as np
+import torch
 from PIL import Image
+from pydantic import Field, model_validator
 
-from noisymaml.errors import DataError
+from noisymaml.core.tasks import seeded
+from noisymaml.datasets.base import FINN, YIN, FetchSettings, Reported
+from noisymaml.datasets.imagefiles import DECODE_ERRORS, common_count, grey
+from noisymaml.datasets.images import SPLITS, ImageDataset, ImagePools, ImageSettings, ImageTasks
+from noisymaml.errors import DataError, ParamError
+from noisymaml.settings import Section
 
 OFFICIAL_ARCHIVES = {
     "images_background.zip": "68d2efa1b9178cc56df9314c21c6e718",
@@ -27,8 +36,6 @@ DOWNLOAD_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/py
 _LAYOUT = "ALPHABET/CHARACTER/IMAGE.png"
 # Suffix of an archive being downloaded: not *.zip, so an interrupted download is never taken for an archive.
 _PARTIAL_SUFFIX = ".part"
-# What a corrupt member or PNG can raise, from zipfile, zlib or PIL (PIL plugins use SyntaxError).
-_DECODE_ERRORS = (OSError, EOFError, SyntaxError, ValueError, zlib.error, zipfile.BadZipFile)
 
 
 def fetch_archives(folder: Path, download: bool) -> list[Path]:
@@ -136,7 +143,7 @@ def load_characters(archives: list[Path], image_size: int) -> tuple[np.ndarray, 
         if not sources:
             raise DataError(f"no Omniglot characters ({_LAYOUT}) in the archives {[str(a) for a in archives]}")
         names = sorted(sources)
-        n_drawers = _common_image_count({name: len(sources[name][1]) for name in names})
+        n_drawers = common_count({name: len(sources[name][1]) for name in names}, "in the Omniglot archives")
         images = np.empty((len(names), n_drawers, image_size, image_size), dtype=np.uint8)
         for c, name in enumerate(names):
             zf, members = sources[name]
@@ -154,19 +161,113 @@ def _collect_characters(opened: list[zipfile.ZipFile]) -> dict[str, tuple[zipfil
     return sources
 
 
-def _common_image_count(counts: dict[str, int]) -> int:
-    expected = Counter(counts.values()).most_common(1)[0][0]
-    for name, count in counts.items():
-        if count != expected:
-            raise DataError(f"Omniglot character {name} has {count} images, while most have {expected}")
-    return expected
-
-
 def _decode(zf: zipfile.ZipFile, member: str, image_size: int) -> np.ndarray:
     """Grey, LANCZOS-resized and inverted (255 - pixel) so strokes are bright, as Finn et al. 2017 (1 - image)."""
     try:
         with Image.open(io.BytesIO(zf.read(member))) as image:
-            grey = image.convert("L").resize((image_size, image_size), Image.Resampling.LANCZOS)
-    except _DECODE_ERRORS as error:
+            return grey(image, image_size)
+    except DECODE_ERRORS as error:
         raise DataError(f"cannot decode {member} in {zf.filename}: {error}") from error
-    return 255 - np.asarray(grey, dtype=np.uint8)
+
+
+# --- the dataset ------------------------------------------------------------------------------
+
+class SplitSettings(Section):
+    """Character counts (integers) or fractions of all characters (floats below 1)."""
+
+    train: float = Field(gt=0)
+    val: float = Field(gt=0)
+    test: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        values = (self.train, self.val, self.test)
+        fractions = [v < 1 for v in values]
+        if any(fractions) and not all(fractions):
+            raise ValueError("give all three as counts (>= 1) or all as fractions (< 1)")
+        if all(fractions) and sum(values) > 1 + 1e-9:
+            raise ValueError(f"fractions add up to {sum(values):g}, more than 1")
+        if not any(fractions) and any(v != int(v) for v in values):
+            raise ValueError("character counts must be whole numbers")
+        return self
+
+
+class OmniglotTasks(ImageTasks):
+    """Omniglot adds its character split and rotations."""
+
+    rotations: Literal["off", "classes", "augment"] = "off"
+    split: SplitSettings
+
+
+class OmniglotSettings(ImageSettings):
+    tasks: OmniglotTasks
+
+
+def split_counts(split: SplitSettings, total: int) -> tuple[int, int, int]:
+    """Character counts for train/val/test from counts or fractions of `total`."""
+    values = (split.train, split.val, split.test)
+    counts = tuple(int(v * total) if v < 1 else int(v) for v in values)
+    if sum(counts) > total:
+        raise ParamError(f"params.yaml: `omniglot.tasks.split` asks for {sum(counts)} characters "
+                         f"({counts[0]} + {counts[1]} + {counts[2]}), but the archives hold {total}")
+    return counts
+
+
+def expand_rotations(images: np.ndarray, rotations: str) -> np.ndarray:
+    """With rotations as classes, every character turned by 0/90/180/270 degrees is its own class."""
+    if rotations != "classes":
+        return images
+    turned = [np.rot90(images, k, axes=(-2, -1)) for k in range(4)]
+    return np.ascontiguousarray(np.stack(turned, axis=1).reshape(-1, *images.shape[1:]))
+
+
+FULL_CHARACTERS = 1623
+
+
+class Omniglot(ImageDataset):
+    """Omniglot characters (Lake et al. 2015), Finn et al. 2017's protocol."""
+
+    name = "omniglot"
+    Settings = OmniglotSettings
+    paper_iterations = 60_000  # Finn et al. 2017
+    reported = (
+        Reported("NME, 20-way 1-shot, full Omniglot", "MAML", "7.8%", YIN),
+        Reported("NME, 20-way 1-shot, full Omniglot", "noisy MAML", "82.36%",
+                 "Gogoi, Tiwari & Verma 2024, arXiv 2405.12299"),
+        Reported("standard (mutually exclusive), 20-way 1-shot, full Omniglot", "MAML",
+                 "95.8 ± 0.3%", FINN),
+    )
+
+    def fetch(self, folder: Path, fetch: FetchSettings) -> str:
+        archives = fetch_archives(folder, fetch.download)
+        return f"{len(archives)} verified archive(s): " + ", ".join(a.name for a in archives)
+
+    def pools(self, settings: OmniglotSettings, seed: int, source: Path,
+              fetch: FetchSettings) -> ImagePools:
+        """Characters of the archives, split at random (seeded) into train/val/test characters."""
+        archives = fetch_archives(source, download=False)
+        images, names = load_characters(archives, settings.tasks.image_size)
+        counts = split_counts(settings.tasks.split, len(names))
+        order = torch.randperm(len(names), generator=seeded(seed, "omniglot/characters")).numpy()
+        bounds = np.cumsum((0, *counts))
+        index = {s: order[bounds[i]:bounds[i + 1]] for i, s in enumerate(SPLITS)}
+        pools = {s: torch.from_numpy(expand_rotations(images[i], settings.tasks.rotations)).unsqueeze(2)
+                 for s, i in index.items()}
+        return ImagePools(pools, {s: [names[j] for j in i] for s, i in index.items()},
+                          {"archives": [a.name for a in archives],
+                           "characters": {s: len(i) for s, i in index.items()}})
+
+    def reductions(self, settings: OmniglotSettings) -> list[str]:
+        split = settings.tasks.split
+        characters = split.train + split.val + split.test
+        reduced = []
+        if characters < FULL_CHARACTERS:
+            reduced.append(f"{characters:g} characters" if characters >= 1
+                           else "a fraction of the characters")
+        return reduced + super().reductions(settings)
+
+    def paper_scale(self) -> str:
+        return f"all {FULL_CHARACTERS} characters, " + super().paper_scale()
+
+
+DATASET = Omniglot()

@@ -22,9 +22,10 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 
+from noisymaml.core.metrics import mean_ci95
+from noisymaml.datasets import DATASETS
 from noisymaml.errors import DataError, NoisyMamlError
-from noisymaml.metrics import mean_ci95
-from noisymaml.paths import metrics_path
+from noisymaml.pipeline.paths import metrics_path
 
 SIGMAS = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0)  # log-spaced, and 0 (plain MAML)
 SEEDS = (0, 1, 2)
@@ -226,7 +227,7 @@ def choose(rows: list[Row], dataset: str) -> Row:
 
 
 def metric_key(dataset: str) -> str:
-    return "loss" if dataset == "sinusoid" else "acc"
+    return DATASETS[dataset].measure.key
 
 
 def _value(run: SweepRun, dataset: str, method: str, part: str,

@@ -13,19 +13,25 @@ The meta-parameters hold mu under the network's own parameter names and log sigm
 from __future__ import annotations
 
 import math
+from dataclasses import replace
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field
+from torch import nn
 
-from noisymaml.errors import ParamError
+from noisymaml.core import Params
+from noisymaml.core.maml import InnerLoop, Realise
+from noisymaml.methods.maml import MAML
+from noisymaml.settings import Section
 
-Params = dict[str, torch.Tensor]
 LOG_SIGMA = "log_sigma/"
 
 
 def stochastic_names(layers: list[list[str]], count: int | str) -> list[str]:
     """Parameter names of the first `count` feature layers ("all": every feature layer)."""
     if count != "all" and count > len(layers):
-        raise ParamError(f"algorithms.mr_maml_w.stochastic_layers is {count} but the model has "
+        raise ValueError(f"stochastic_layers is {count} but the model has "
                          f"{len(layers)} feature layers (use a number up to {len(layers)}, or all)")
     chosen = layers if count == "all" else layers[:count]
     return [name for layer in chosen for name in layer]
@@ -74,3 +80,48 @@ def kl_to_standard_normal(params: Params) -> torch.Tensor:
         mu, log_sigma = params[name], params[LOG_SIGMA + name]
         terms.append((0.5 * (torch.exp(2 * log_sigma) + mu ** 2 - 1) - log_sigma).sum())
     return torch.stack(terms).sum()
+
+
+class MrMamlSettings(Section):
+    """`algorithms.mr_maml_w`: stochastic feature weights, beta * KL(q || N(0, I))."""
+
+    beta: float = Field(ge=0)
+    init_scale: float = Field(gt=0)  # initial posterior std of every stochastic weight
+    stochastic_layers: Literal["all"] | Annotated[int, Field(ge=1)] = "all"  # first N feature layers
+
+
+class MRMAMLW(MAML):
+    """MR-MAML(W): a mean-field Gaussian posterior over the first feature layers, sampled per
+    task, left unadapted by the inner loop, with beta * KL to N(0, I) in the outer loss."""
+
+    name = "mr_maml_w"
+    label = "MR-MAML(W)"
+    Settings = MrMamlSettings
+    regularised = True
+
+    def __init__(self, beta: float, init_scale: float, stochastic_layers: int | str = "all"):
+        self.beta, self.init_scale, self.stochastic_layers = beta, init_scale, stochastic_layers
+
+    def initial_params(self, model: nn.Module, seed: int) -> Params:
+        names = stochastic_names(model.feature_layers(), self.stochastic_layers)
+        return with_posterior(super().initial_params(model, seed), names, self.init_scale)
+
+    def inner_loop(self, inner: InnerLoop, params: Params) -> InnerLoop:
+        return replace(inner, adapted=adapted_names(params))
+
+    @property
+    def realise(self) -> Realise:
+        return sample_weights
+
+    def draws(self, params: Params, n_tasks: int, generator: torch.Generator) -> Params:
+        return draw_noise(params, n_tasks, generator)
+
+    def regulariser(self, params: Params) -> torch.Tensor:
+        return self.beta * kl_to_standard_normal(params)
+
+    def evaluation_params(self, params: Params) -> Params:
+        """The posterior mean."""
+        return posterior_mean(params)
+
+
+METHOD = MRMAMLW

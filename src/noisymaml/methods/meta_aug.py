@@ -10,8 +10,11 @@ Validation and test episodes are never augmented.
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 
-from noisymaml.tasks import TaskBatch, TaskSource
+from noisymaml.core.tasks import TaskBatch, TaskSource
+from noisymaml.methods.maml import MAML
+from noisymaml.settings import Section
 
 
 def permute_labels(tasks: TaskBatch, ways: int, generator: torch.Generator) -> TaskBatch:
@@ -41,3 +44,26 @@ class MetaAugmented:
         if self.classification:
             return permute_labels(tasks, self.ways, generator)
         return shift_targets(tasks, self.shift_range, generator)
+
+
+class MetaAugSettings(Section):
+    """`algorithms.meta_aug` (classification permutes labels per task and needs no setting)."""
+
+    range: float = Field(gt=0)  # regression: targets shifted by U(-range, range) per task
+
+
+class MetaAugmentation(MAML):
+    """MAML on meta-augmented training tasks."""
+
+    name = "meta_aug"
+    label = "MAML + meta-augmentation"
+    Settings = MetaAugSettings
+
+    def __init__(self, range: float):
+        self.range = range
+
+    def training_source(self, source: TaskSource, classification: bool, ways: int) -> TaskSource:
+        return MetaAugmented(source, classification, ways, self.range)
+
+
+METHOD = MetaAugmentation

@@ -15,12 +15,18 @@ of indices into it, so sampling does no decoding and no per-image Python work.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, fields
 from typing import Protocol
 
 import torch
 
 TASK_MODES = ("non_exclusive", "intrashuffle", "intershuffle")
+
+
+def seeded(seed: int, purpose: str, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator whose stream depends on the seed and on what it is for."""
+    return torch.Generator(device).manual_seed(seed * 1_000_003 + zlib.crc32(purpose.encode()))
 
 
 @dataclass(frozen=True)
@@ -35,14 +41,14 @@ class TaskBatch:
     def __len__(self) -> int:
         return self.support_x.shape[0]
 
-    def slice(self, start: int, stop: int) -> "TaskBatch":
+    def slice(self, start: int, stop: int) -> TaskBatch:
         return TaskBatch(*(getattr(self, f.name)[start:stop] for f in fields(self)))
 
-    def task(self, index: int) -> "TaskBatch":
+    def task(self, index: int) -> TaskBatch:
         """One task, keeping the leading task dimension of size 1."""
         return self.slice(index, index + 1)
 
-    def to(self, device: torch.device | str) -> "TaskBatch":
+    def to(self, device: torch.device | str) -> TaskBatch:
         return TaskBatch(*(getattr(self, f.name).to(device) for f in fields(self)))
 
     def as_dict(self) -> dict[str, torch.Tensor]:
@@ -65,7 +71,7 @@ class Episodes:
     def __len__(self) -> int:
         return self.classes.shape[0]
 
-    def to(self, device: torch.device | str) -> "Episodes":
+    def to(self, device: torch.device | str) -> Episodes:
         return Episodes(self.classes.to(device), self.drawers.to(device))
 
     def as_dict(self) -> dict[str, torch.Tensor]:

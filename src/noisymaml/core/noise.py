@@ -11,9 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from noisymaml.params import NoiseParams
-
-Params = dict[str, torch.Tensor]
+from noisymaml.core import Params
 
 
 @dataclass(frozen=True)
@@ -28,10 +26,6 @@ class GradientNoise:
     gamma: float = 0.55
     decay: float = 1.5
     decay_every: int = 1000
-
-    @classmethod
-    def from_params(cls, params: NoiseParams) -> "GradientNoise":
-        return cls(**params.model_dump())
 
     @property
     def active(self) -> bool:

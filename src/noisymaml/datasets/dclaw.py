@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import ClassVar, Literal
 
 import numpy as np
 
+from noisymaml.datasets.base import RAJENDRAN, FetchSettings, Reported
+from noisymaml.datasets.imagefiles import read_rgb
+from noisymaml.datasets.images import ImageDataset, ImagePools, ImageSettings, ImageTasks, rgb_pools
 from noisymaml.errors import DataError
-from noisymaml.miniimagenet import read_rgb
 
 IMAGE_SIZE = 84
 OUTCOMES = ("neg", "pos")
@@ -144,3 +147,39 @@ def _pool(objects: dict[int, np.ndarray]) -> tuple[np.ndarray, list[str]]:
     images = np.concatenate([objects[obj][:, :count] for obj in sorted(objects)])
     names = [f"obj{obj}_{outcome}" for obj in sorted(objects) for outcome in OUTCOMES]
     return images, names
+
+
+# --- the dataset ------------------------------------------------------------------------------
+
+class DClawTasks(ImageTasks):
+    """D'Claw: every object's neg/pos pair is one fixed 2-way task; `split` picks the objects."""
+
+    split: Literal[1, 2, 3]
+    ways: Literal[2] = 2
+    fixed_pairs: ClassVar[bool] = True
+
+
+class DClawSettings(ImageSettings):
+    tasks: DClawTasks
+
+
+class DClaw(ImageDataset):
+    name = "dclaw"
+    Settings = DClawSettings
+    reported = (
+        Reported("NME, 2-way 1-shot", "MAML", "72.5%", RAJENDRAN),
+        Reported("intrashuffle, 2-way 1-shot", "MAML", "79.8%", RAJENDRAN),
+        Reported("intershuffle, 2-way 1-shot", "MAML", "83.1%", RAJENDRAN),
+    )
+
+    def fetch(self, folder: Path, fetch: FetchSettings) -> str:
+        return f"objects {objects_in(folder)}"
+
+    def pools(self, settings: DClawSettings, seed: int, source: Path,
+              fetch: FetchSettings) -> ImagePools:
+        """The objects of `dclaw.tasks.split`; classes 2i, 2i+1 are object i's neg and pos."""
+        splits = load_splits(source, settings.tasks.split, settings.tasks.image_size)
+        return rgb_pools(splits, {"objects": split_objects(settings.tasks.split)})
+
+
+DATASET = DClaw()

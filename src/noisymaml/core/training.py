@@ -9,22 +9,22 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Protocol
 
 import torch
 from torch.func import grad_and_value
 
+from noisymaml.core import Params
+from noisymaml.core.files import save_atomic
+from noisymaml.core.maml import InnerLoop, Objective, Realise, make_forward, per_task_meta_gradients
+from noisymaml.core.noise import GradientNoise, describe
+from noisymaml.core.tasks import TaskSource
 from noisymaml.errors import NoisyMamlError
-from noisymaml.maml import InnerLoop, Objective, make_forward, per_task_meta_gradients
-from noisymaml.methods import MAML, Method
-from noisymaml.noise import GradientNoise, describe
-from noisymaml.tasks import TaskSource
 
-Params = dict[str, torch.Tensor]
 Weigher = Callable[[Params], torch.Tensor]
 NOISE_STREAM = 1_000_003  # offset between the task and the noise generators' seeds
 
@@ -33,31 +33,54 @@ class TrainingDiverged(NoisyMamlError):
     """A loss or gradient became non-finite; the last finite checkpoint is kept."""
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto` = the first CUDA device when present, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise NoisyMamlError(f"params.yaml: `device` = {name!r} but CUDA is not available here; "
-                             "use auto or cpu")
-    return torch.device(name)
+class Method(Protocol):
+    """The hooks through which a meta-learning method differs from MAML (`noisymaml.methods`)."""
+
+    regularised: bool
+
+    def inner_loop(self, inner: InnerLoop, params: Params) -> InnerLoop: ...
+
+    def draws(self, params: Params, n_tasks: int, generator: torch.Generator) -> Params | None: ...
+
+    @property
+    def realise(self) -> Realise | None: ...
+
+    def regulariser(self, params: Params) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """Everything a meta-training run needs besides the network and its starting weights."""
+
+    objective: Objective
+    inner: InnerLoop
+    method: Method
+    meta_lr: float
+    meta_batch: int
+    seed: int
+    device: torch.device = torch.device("cpu")
+    noise: GradientNoise = GradientNoise()
+    batched: bool = True  # vmap over tasks, or a task loop
+    meta_grad_clip: float | None = None  # clamp every meta-gradient entry to +-value
+    autocast: torch.dtype | None = None  # e.g. torch.bfloat16 for the forward passes
 
 
 class MetaTrainer:
     """Holds the meta-parameters, Adam, and the random streams of one meta-training run."""
 
-    def __init__(self, model: torch.nn.Module, params: Params, objective: Objective,
-                 inner: InnerLoop, noise: GradientNoise, meta_lr: float, meta_batch: int,
-                 seed: int, device: torch.device, batched: bool = True, method: Method = MAML,
-                 meta_grad_clip: float | None = None, autocast: torch.dtype | None = None):
-        self.forward = make_forward(model.to(device), autocast)
+    def __init__(self, model: torch.nn.Module, params: Params, config: TrainerConfig):
+        device = config.device
+        self.config = config
+        self.forward = make_forward(model.to(device), config.autocast)
         self.params = {k: v.detach().clone().to(device).requires_grad_() for k, v in params.items()}
-        self.optimizer = torch.optim.Adam(self.params.values(), lr=meta_lr)
-        self.method = method
-        self.objective, self.inner, self.noise = objective, method.inner_loop(inner, params), noise
-        self.meta_batch, self.batched, self.meta_grad_clip = meta_batch, batched, meta_grad_clip
-        self.task_generator = torch.Generator(device).manual_seed(seed)
-        self.noise_generator = torch.Generator(device).manual_seed(seed + NOISE_STREAM)
+        self.optimizer = torch.optim.Adam(self.params.values(), lr=config.meta_lr)
+        self.method = config.method
+        self.objective, self.noise = config.objective, config.noise
+        self.inner = config.method.inner_loop(config.inner, params)
+        self.meta_batch, self.batched = config.meta_batch, config.batched
+        self.meta_grad_clip = config.meta_grad_clip
+        self.task_generator = torch.Generator(device).manual_seed(config.seed)
+        self.noise_generator = torch.Generator(device).manual_seed(config.seed + NOISE_STREAM)
         self.iteration = 0
 
     def meta_params(self) -> Params:
@@ -125,14 +148,6 @@ class MetaTrainer:
 def fingerprint(settings: dict) -> str:
     """A stable hash of everything that shapes a run, so a checkpoint is resumed only by its own run."""
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def save_atomic(obj: object, path: Path) -> None:
-    """torch.save to a temporary file then rename: a kill never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 @dataclass

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import torch
 
-Params = dict[str, torch.Tensor]
+from noisymaml.core import Params
+
 SIMILARITIES = ("cosine", "dot")
 
 

@@ -25,12 +25,14 @@ from __future__ import annotations
 import csv
 import pickle
 import zipfile
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from noisymaml.datasets.base import FINN, RAJENDRAN, FetchSettings, Reported
+from noisymaml.datasets.imagefiles import common_count, read_rgb, rgb
+from noisymaml.datasets.images import ImageDataset, ImagePools, ImageSettings, rgb_pools
 from noisymaml.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -50,8 +52,6 @@ LAYOUTS = {
 _FILE_SPLIT = {"train": "train", "val": "validation", "test": "test"}
 _NPZ_KEYS = ("image_data", "class_names", "class_indices")
 _PARTIAL_SUFFIX = ".part"
-# What a corrupt image can raise from PIL (its plugins use SyntaxError).
-_DECODE_ERRORS = (OSError, EOFError, SyntaxError, ValueError, Image.DecompressionBombError)
 # What a corrupt or foreign .npz can raise from np.load (object arrays raise ValueError).
 _NPZ_ERRORS = (OSError, EOFError, ValueError, zipfile.BadZipFile)
 
@@ -108,7 +108,7 @@ def _pickle_refused(folder: Path) -> DataError:
         f"{folder} holds MiniImageNet pickles (mini-imagenet-cache-*.pkl) and no safe layout; they are "
         f"refused because unpickling runs whatever code the file's author put in it. If you trust "
         f"the files, set {ALLOW_PICKLE_PARAM}: true, or better convert them once to the safe .npz "
-        "layout: python -c \"from noisymaml.miniimagenet import convert_pickles_to_npz; "
+        "layout: python -c \"from noisymaml.datasets.miniimagenet import convert_pickles_to_npz; "
         f"convert_pickles_to_npz('{folder}')\""
     )
 
@@ -141,22 +141,6 @@ def convert_pickles_to_npz(folder: Path) -> list[Path]:
     return targets
 
 
-def read_rgb(path: Path, image_size: int) -> np.ndarray:
-    """Decode one image file to uint8 RGB [image_size, image_size, 3], LANCZOS-resized when needed."""
-    try:
-        with Image.open(path) as image:
-            return _square_rgb(image, image_size)
-    except _DECODE_ERRORS as error:
-        raise DataError(f"cannot decode image {path} ({error}); expected a readable PNG or JPEG file") from error
-
-
-def _square_rgb(image: Image.Image, image_size: int) -> np.ndarray:
-    rgb = image.convert("RGB")
-    if rgb.size != (image_size, image_size):
-        rgb = rgb.resize((image_size, image_size), Image.Resampling.LANCZOS)
-    return np.asarray(rgb, dtype=np.uint8)
-
-
 def _layouts_help() -> str:
     return "one of the layouts " + "; ".join(f"({name}) {text}" for name, text in LAYOUTS.items())
 
@@ -187,7 +171,7 @@ def _csv_classes(path: Path) -> dict[str, list[Path]]:
     and every listed file exists."""
     files = _read_csv(path)
     names = sorted(files)
-    _common_count({name: len(files[name]) for name in names}, path)
+    common_count({name: len(files[name]) for name in names}, f"in {path} (MiniImageNet: 600 each)")
     images_dir = path.parent / "images"
     absent = [name for label in names for name in files[label] if not (images_dir / name).is_file()]
     if absent:
@@ -223,19 +207,6 @@ def _read_csv(path: Path) -> dict[str, list[str]]:
     return files
 
 
-def _common_count(counts: dict[str, int], source: Path) -> int:
-    expected = Counter(counts.values()).most_common(1)[0][0]
-    for name, count in counts.items():
-        if count != expected:
-            raise DataError(
-                f"class {name} has {count} images in {source}, while most have {expected}: every class "
-                "of a MiniImageNet split needs the same number of images (600 in the real data)"
-            )
-    if expected == 0:
-        raise DataError(f"the classes in {source} hold no images")
-    return expected
-
-
 def _read_pickle(path: Path) -> tuple[np.ndarray, list[str], np.ndarray]:
     """Unpickle one cache file (callers have checked the opt-in) and validate it."""
     if not path.is_file():
@@ -253,7 +224,7 @@ def _read_pickle(path: Path) -> tuple[np.ndarray, list[str], np.ndarray]:
             or not all(isinstance(value, (list, tuple, np.ndarray)) for value in class_dict.values())):
         raise DataError(f"class_dict in {path} is not a non-empty dict of index lists; expected {LAYOUTS['pickle']}")
     names = list(class_dict)
-    _common_count({str(name): len(class_dict[name]) for name in names}, path)
+    common_count({str(name): len(class_dict[name]) for name in names}, f"in {path} (MiniImageNet: 600 each)")
     indices = np.asarray([list(class_dict[name]) for name in names])
     return _checked_pool(cache["image_data"], names, indices, path)
 
@@ -297,7 +268,7 @@ def _grouped(image_data: np.ndarray, names: list[str], indices: np.ndarray,
     images = image_data[indices]
     if images.shape[2:4] != (image_size, image_size):
         flat = images.reshape(-1, *images.shape[2:])
-        resized = np.stack([_square_rgb(Image.fromarray(image), image_size) for image in flat])
+        resized = np.stack([rgb(Image.fromarray(image), image_size) for image in flat])
         images = resized.reshape(*indices.shape, image_size, image_size, 3)
     return images, names
 
@@ -309,3 +280,29 @@ def _write_npz(path: Path, image_data: np.ndarray, names: list[str], indices: np
             np.savez(f, image_data=image_data, class_names=np.asarray(names, dtype=str), class_indices=indices)
     except OSError as error:
         raise DataError(f"cannot write {path} ({error})") from error
+
+
+# --- the dataset ------------------------------------------------------------------------------
+
+class MiniImageNet(ImageDataset):
+    """The fixed 64/16/20-class split of Ravi & Larochelle (2017), Finn et al. 2017's protocol."""
+
+    name = "miniimagenet"
+    paper_iterations = 60_000  # Finn et al. 2017
+    reported = (
+        Reported("NME, 5-way 1-shot", "MAML", "30.2%", RAJENDRAN),
+        Reported("intrashuffle, 5-way 1-shot", "MAML", "42.7%", RAJENDRAN),
+        Reported("intershuffle, 5-way 1-shot", "MAML", "46%", RAJENDRAN),
+        Reported("standard (mutually exclusive), 5-way 1-shot", "MAML", "48.70 ± 1.84%", FINN),
+    )
+
+    def fetch(self, folder: Path, fetch: FetchSettings) -> str:
+        return f"{verify(folder, fetch.allow_pickle)} layout"
+
+    def pools(self, settings: ImageSettings, seed: int, source: Path,
+              fetch: FetchSettings) -> ImagePools:
+        splits = load_splits(source, fetch.allow_pickle, settings.tasks.image_size)
+        return rgb_pools(splits, {"layout": detect_layout(source)})
+
+
+DATASET = MiniImageNet()

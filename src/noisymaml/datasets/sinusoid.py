@@ -1,0 +1,140 @@
+"""Non-mutually-exclusive sinusoid regression (Yin et al. 2020, "Meta-Learning without Memorization").
+
+Input = x ~ U[-x_range, x_range] concatenated with a one-hot of the task's amplitude bin;
+target = A sin(x) + label noise, phase 0. Training tasks come from the first `train_bins`
+bins, so the one-hot identifies the task and a network can memorise every amplitude without
+adapting. Test tasks draw A continuously while the one-hot points at a random training bin:
+the input misleads, and only adaptation to the support set can give a low error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import torch
+from pydantic import Field, model_validator
+
+from noisymaml.core.files import load_file
+from noisymaml.core.maml import REGRESSION
+from noisymaml.core.tasks import TaskBatch, seeded
+from noisymaml.datasets.base import (
+    MSE,
+    Dataset,
+    EvalSettings,
+    FetchSettings,
+    MamlSettings,
+    TaskData,
+    TrainSettings,
+)
+from noisymaml.settings import Section
+
+NOTE = ("The sinusoid tasks are generated from params.yaml (sinusoid.tasks): there is "
+        "nothing to download.\n")
+
+
+class SinusoidTasks(Section):
+    bins: int = Field(ge=1)
+    train_bins: int = Field(ge=1)
+    amp_min: float = Field(gt=0)
+    amp_max: float = Field(gt=0)
+    x_range: float = Field(gt=0)
+    support: int = Field(ge=1)
+    query: int = Field(ge=1)
+    label_noise: float = Field(ge=0)
+    test_support: int = Field(ge=1)
+    test_query: int = Field(ge=1)
+    test_episodes: int = Field(ge=1)
+    val_episodes: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _relations(self):
+        if self.train_bins > self.bins:
+            raise ValueError(f"train_bins ({self.train_bins}) must not exceed bins ({self.bins})")
+        if self.amp_min >= self.amp_max:
+            raise ValueError(f"amp_min ({self.amp_min}) must be below amp_max ({self.amp_max})")
+        return self
+
+
+class MlpSettings(Section):
+    hidden: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)
+
+
+class SinusoidSettings(Section):
+    tasks: SinusoidTasks
+    model: MlpSettings
+    maml: MamlSettings
+    train: TrainSettings
+    eval: EvalSettings
+
+
+class SinusoidNME:
+    def __init__(self, spec: SinusoidTasks):
+        self.spec = spec
+
+    @property
+    def input_size(self) -> int:
+        return 1 + self.spec.bins
+
+    def amplitudes(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        return torch.linspace(self.spec.amp_min, self.spec.amp_max, self.spec.bins, device=device)
+
+    def sample(self, n_tasks: int, generator: torch.Generator) -> TaskBatch:
+        """Training tasks: a random training bin each, its amplitude fixed by the bin."""
+        bins = self._training_bins(n_tasks, generator)
+        amplitude = self.amplitudes(generator.device)[bins]
+        return self._tasks(bins, amplitude, self.spec.support, self.spec.query, generator)
+
+    def test_tasks(self, n_tasks: int, generator: torch.Generator) -> TaskBatch:
+        """Evaluation tasks: continuous amplitude, misleading one-hot of a training bin."""
+        bins = self._training_bins(n_tasks, generator)
+        spec = self.spec
+        amplitude = spec.amp_min + (spec.amp_max - spec.amp_min) * torch.rand(
+            n_tasks, generator=generator, device=generator.device)
+        return self._tasks(bins, amplitude, spec.test_support, spec.test_query, generator)
+
+    def _training_bins(self, n_tasks: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.randint(0, self.spec.train_bins, (n_tasks,), generator=generator,
+                             device=generator.device)
+
+    def _tasks(self, bins: torch.Tensor, amplitude: torch.Tensor, support: int, query: int,
+               generator: torch.Generator) -> TaskBatch:
+        n_tasks, n_points = bins.shape[0], support + query
+        device = generator.device
+        x = (torch.rand(n_tasks, n_points, 1, generator=generator, device=device) * 2 - 1) \
+            * self.spec.x_range
+        noise = torch.randn(n_tasks, n_points, 1, generator=generator, device=device)
+        y = amplitude.view(-1, 1, 1) * torch.sin(x) + self.spec.label_noise * noise
+        one_hot = torch.nn.functional.one_hot(bins, self.spec.bins).float()
+        inputs = torch.cat([x, one_hot.unsqueeze(1).expand(n_tasks, n_points, self.spec.bins)], -1)
+        return TaskBatch(inputs[:, :support], y[:, :support], inputs[:, support:], y[:, support:])
+
+
+class Sinusoid(Dataset):
+    name = "sinusoid"
+    Settings = SinusoidSettings
+    measure = MSE
+
+    def fetch(self, folder: Path, fetch: FetchSettings) -> str:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "README.txt").write_text(NOTE)
+        return "generated tasks, nothing to fetch"
+
+    def build_episodes(self, settings: SinusoidSettings, seed: int, source: Path,
+                       fetch: FetchSettings, out: Path) -> dict:
+        problem = SinusoidNME(settings.tasks)
+        for split, count in (("val", settings.tasks.val_episodes), ("test", settings.tasks.test_episodes)):
+            tasks = problem.test_tasks(count, seeded(seed, f"sinusoid/{split}"))
+            torch.save(tasks.as_dict(), out / f"{split}.pt")
+        return {"val_episodes": settings.tasks.val_episodes,
+                "test_episodes": settings.tasks.test_episodes}
+
+    def load(self, settings: SinusoidSettings, folder: Path, device: torch.device) -> TaskData:
+        problem = SinusoidNME(settings.tasks)
+        splits = {s: TaskBatch(**load_file(folder / f"{s}.pt")).to(device) for s in ("val", "test")}
+        spec = {"kind": "mlp", "in_features": problem.input_size,
+                "hidden": list(settings.model.hidden), "out_features": 1}
+        return TaskData(problem, splits["val"], splits["test"], REGRESSION, spec)
+
+
+DATASET = Sinusoid()

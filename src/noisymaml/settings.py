@@ -1,0 +1,20 @@
+"""The base of every params.yaml section model (pydantic), shared by the registries' entries.
+
+A method (`methods/`) or a dataset (`datasets/`) declares its own settings as a `Section`
+subclass; `pipeline.params` assembles them into the params.yaml schema. Unknown keys are
+errors (they are usually typos), values are checked strictly and never silently coerced.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Section(BaseModel):
+    """A params.yaml section: unknown keys are errors (they are usually typos)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class NoSettings(Section):
+    """A registry entry without settings of its own."""
