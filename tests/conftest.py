@@ -46,7 +46,7 @@ def root() -> Path:
 def sinusoid_spec() -> SinusoidTasks:
     return SinusoidTasks(bins=6, train_bins=4, amp_min=0.5, amp_max=3.0, x_range=5.0,
                          support=5, query=5, label_noise=0.1, test_support=3, test_query=7,
-                         test_episodes=4, val_episodes=4)
+                         test_episodes=4, val_episodes=4, feedback_episodes=2)
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 from pathlib import Path
 
 import pytest
@@ -23,8 +24,8 @@ pytestmark = pytest.mark.skipif(not list(SHARED.glob("*.zip")), reason=f"no arch
 
 def omniglot_params(**tasks) -> OmniglotSettings:
     raw = copy.deepcopy(read_params(ROOT / "params.yaml")["omniglot"])
-    raw["tasks"].update({"ways": 5, "test_episodes": 30, "val_episodes": 10,
-                         "split": {"train": 40, "val": 10, "test": 20}, **tasks})
+    raw["tasks"].update({"ways": 5, "test_episodes": 30, "val_episodes": 10, "feedback_classes": 8,
+                         "feedback_episodes": 6, "split": {"train": 40, "val": 10, "test": 20}, **tasks})
     return OmniglotSettings.model_validate(raw)
 
 
@@ -48,13 +49,22 @@ def image_keys(images: torch.Tensor) -> set[bytes]:
 def test_splits_are_disjoint_characters_of_the_asked_sizes(built):
     pool = load_file(built / "pool.pt")
     characters = {split: set(names) for split, names in pool["classes"].items()}
-    assert {split: len(names) for split, names in characters.items()} == {"train": 40, "val": 10,
-                                                                          "test": 20}
-    assert not characters["train"] & characters["test"]
-    assert not characters["train"] & characters["val"]
-    assert not characters["val"] & characters["test"]
+    assert {split: len(names) for split, names in characters.items()} == {
+        "train": 40, "val": 10, "feedback": 8, "test": 12}
+    for a, b in itertools.combinations(characters, 2):
+        assert not characters[a] & characters[b], (a, b)
     assert {split: images.shape[0] for split, images in pool["images"].items()} == {
-        "train": 40, "val": 10, "test": 20}
+        "train": 40, "val": 10, "feedback": 8, "test": 12}
+
+
+def test_feedback_and_heldout_test_episodes_share_no_class_and_no_image(built):
+    """Held out means sharing no class and no image with what fed back."""
+    pool = load_file(built / "pool.pt")
+    assert not image_keys(pool["images"]["feedback"]) & image_keys(pool["images"]["test"])
+    feedback, test = load_file(built / "feedback.pt"), load_file(built / "test.pt")
+    assert feedback["classes"].shape == (6, 5) and test["classes"].shape == (30, 5)
+    assert feedback["classes"].max() < 8 and test["classes"].max() < 12  # each within its own pool
+    assert test["classes"].unique().numel() == 12  # the held-out episodes use the held-out classes
 
 
 def test_no_test_drawing_is_ever_a_training_drawing(built):
@@ -96,7 +106,7 @@ def test_test_episodes_are_standard_tasks_over_test_characters(built):
     episodes = load_file(built / "test.pt")
     classes = episodes["classes"]
     assert classes.shape == (30, 5)
-    assert classes.max() < 20  # indices into the 20 test characters
+    assert classes.max() < 12  # indices into the 12 held-out test characters
     assert all(len(set(row.tolist())) == 5 for row in classes)
 
 
@@ -104,7 +114,7 @@ def test_rotations_as_classes_quadruple_every_split(tmp_path):
     build_omniglot(omniglot_params(rotations="classes"), 0, tmp_path)
     pool = load_file(tmp_path / "pool.pt")
     assert {s: images.shape[0] for s, images in pool["images"].items()} == {
-        "train": 160, "val": 40, "test": 80}
+        "train": 160, "val": 40, "feedback": 8, "test": 72}
 
 
 def test_too_few_characters_for_the_ways_names_the_key(tmp_path):

@@ -8,14 +8,13 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from noisymaml.core.maml import REGRESSION, InnerLoop, adapt, make_forward, per_task_meta_gradients
+from noisymaml.core.maml import CLASSIFICATION, REGRESSION, InnerLoop, adapt, make_forward, per_task_meta_gradients
 from noisymaml.core.models import MLP, Conv4, build_model, load_model, save_model
 from noisymaml.core.noise import GradientNoise
 from noisymaml.core.tasks import ClassificationTaskSource, nme_groups
 from noisymaml.core.training import MetaTrainer, TrainerConfig
 from noisymaml.methods import MAML, METHODS
 from noisymaml.methods import mr_maml_w as mr
-from noisymaml.methods.meta_aug import MetaAugmented
 from noisymaml.pipeline.run import Run
 
 SETTINGS = {"mr_maml_w": {"beta": 0.01, "init_scale": 0.05}, "meta_aug": {"range": 2.0}}
@@ -129,9 +128,8 @@ def test_batched_and_looped_training_agree_for_every_algorithm(sinusoid, name):
         trainer = MetaTrainer(model, chosen.initial_params(model, 0), TrainerConfig(
             REGRESSION, InnerLoop(0.05, 2), chosen, 0.01, 4, 0, noise=GradientNoise(sigma=0.1),
             batched=batched))
-        source = chosen.training_source(sinusoid, False, 0)
         for _ in range(3):
-            trainer.step(source)
+            trainer.step(sinusoid)
         return trainer.meta_params()
 
     looped, batched = run(False), run(True)
@@ -158,9 +156,8 @@ def test_meta_aug_permutes_labels_per_task_and_never_mixes_support_and_query(cla
     pool = class_images(12, 6)
     nme = ClassificationTaskSource(pool, nme_groups(12, WAYS, generator(5)), "non_exclusive",
                                    WAYS, SHOTS, QUERY)
-    augmented = method("meta_aug").training_source(nme, True, WAYS)
-    tasks = augmented.sample(40, generator(6))
     plain = nme.sample(40, generator(6))
+    tasks = method("meta_aug").augment(plain, True, WAYS, generator(7))
     permutations = set()
     for t in range(len(tasks)):
         classes = torch.cat([decode(tasks.support_x[t])[0], decode(tasks.query_x[t])[0]])
@@ -175,8 +172,8 @@ def test_meta_aug_permutes_labels_per_task_and_never_mixes_support_and_query(cla
 
 
 def test_meta_aug_shifts_regression_targets_once_per_task(sinusoid):
-    augmented = method("meta_aug").training_source(sinusoid, False, 0)
-    tasks, plain = augmented.sample(30, generator(7)), sinusoid.sample(30, generator(7))
+    plain = sinusoid.sample(30, generator(7))
+    tasks = method("meta_aug").augment(plain, False, 0, generator(8))
     support_shift = (tasks.support_y - plain.support_y).squeeze(-1)
     query_shift = (tasks.query_y - plain.query_y).squeeze(-1)
     per_task = support_shift[:, :1]
@@ -186,9 +183,43 @@ def test_meta_aug_shifts_regression_targets_once_per_task(sinusoid):
 
 
 def test_other_methods_leave_the_tasks_alone(sinusoid):
+    tasks = sinusoid.sample(3, generator(1))
     for name in ("maml", "fomaml", "mr_maml_w", "noisy_maml"):
-        assert method(name).training_source(sinusoid, False, 0) is sinusoid
-    assert isinstance(method("noisy_meta_aug").training_source(sinusoid, False, 0), MetaAugmented)
+        assert method(name).augment(tasks, False, 0, generator(2)) is tasks
+
+
+class Recording:
+    """A task source that remembers the classes of every meta-batch it hands out."""
+
+    def __init__(self, source, decode):
+        self.source, self.decode, self.classes = source, decode, []
+
+    def sample(self, n_tasks, generator):
+        tasks = self.source.sample(n_tasks, generator)
+        self.classes.append(self.decode(tasks.support_x)[0].tolist())
+        return tasks
+
+
+@pytest.mark.parametrize("name", ["meta_aug", "mr_maml_w", "noisy_maml", "noisy_meta_aug", "noisy_mr_maml_w"])
+def test_every_method_trains_on_the_same_sequence_of_tasks_as_maml(class_images, pixels, name):
+    """Methods draw their own randomness (relabelling, weight samples) and noise from streams
+    of their own, never from the task stream: same params.yaml, same training tasks."""
+    decode, _ = pixels
+
+    def classes_seen(method_name: str) -> list:
+        pool = class_images(12, 6)
+        source = Recording(ClassificationTaskSource(pool, nme_groups(12, WAYS, generator(5)),
+                                                    "non_exclusive", WAYS, SHOTS, QUERY), decode)
+        model = Conv4(1, pool.shape[-1], WAYS, filters=4)
+        chosen = method(method_name)
+        noise = GradientNoise(sigma=0.1) if method_name.startswith("noisy_") else GradientNoise()
+        trainer = MetaTrainer(model, chosen.initial_params(model, 0), TrainerConfig(
+            CLASSIFICATION, InnerLoop(0.1, 1), chosen, 0.01, 3, 0, noise=noise, batched=False, ways=WAYS))
+        for _ in range(3):
+            trainer.step(source)
+        return source.classes
+
+    assert classes_seen(name) == classes_seen("maml")
 
 
 # --- names and FOMAML -----------------------------------------------------------------------

@@ -157,9 +157,10 @@ def test_constant_schedule(t):
 
 @pytest.mark.parametrize("t", [0, 1, 9, 99, 12345])
 @pytest.mark.parametrize("gamma", [0.55, 1.0])
-def test_anneal_schedule(t, gamma):
+def test_anneal_schedule_decays_the_variance(t, gamma):
+    """Neelakantan et al. 2015: sigma_t^2 = sigma^2 / (1 + t)^gamma (the variance, not the std)."""
     noise = GradientNoise(sigma=0.8, schedule="anneal", gamma=gamma)
-    assert noise.sigma_at(t) == pytest.approx(0.8 / (1 + t) ** gamma, rel=1e-12)
+    assert noise.sigma_at(t) ** 2 == pytest.approx(0.8 ** 2 / (1 + t) ** gamma, rel=1e-12)
 
 
 def test_anneal_starts_at_sigma_and_decreases():

@@ -233,3 +233,24 @@ def test_noisy_maml_at_sigma_zero_is_maml_through_the_stages(tmp_path: Path):
         run([sys.executable, "stages/evaluate.py", "sinusoid", method], tmp_path)
     metrics = tmp_path / "metrics" / "sinusoid"
     assert (metrics / "noisy_maml.json").read_bytes() == (metrics / "maml.json").read_bytes()
+
+
+def test_continued_feedback_run_equals_one_longer_training_run(tmp_path: Path):
+    """feedback@ goes on from the training run's state: N then M iterations == N + M at once."""
+    params = tiny_params()
+    params["datasets"] = ["sinusoid"]
+    params["feedback"].update(iterations=4)
+    split, whole = tmp_path / "split", tmp_path / "whole"
+    copy_project(split, params)
+    params["sinusoid"]["train"]["iterations"] += 4
+    copy_project(whole, params)
+    for root in (split, whole):
+        run([sys.executable, "stages/episodes.py", "sinusoid"], root)
+        run(TRAIN, root)
+    run(EVALUATE, split)
+    run([sys.executable, "stages/feedback.py", "sinusoid"], split)
+    continued = torch.load(split / "data/models/sinusoid/noisy_maml_continued.pt", weights_only=True)
+    longer = torch.load(whole / "data/models/sinusoid/noisy_maml.pt", weights_only=True)
+    assert continued["info"]["iterations"] == longer["info"]["iterations"]
+    for name, value in longer["params"].items():
+        assert torch.equal(continued["params"][name], value), name

@@ -188,7 +188,8 @@ def test_rotation_augmentation_keeps_labels_and_turns_whole_classes(pool, groups
 
 def spec(**changes) -> SinusoidTasks:
     values = dict(bins=6, train_bins=4, amp_min=0.5, amp_max=3.0, x_range=5.0, support=5, query=7,
-                  label_noise=0.0, test_support=3, test_query=11, test_episodes=4, val_episodes=4)
+                  label_noise=0.0, test_support=3, test_query=11, test_episodes=4, val_episodes=4,
+                  feedback_episodes=2)
     return SinusoidTasks(**(values | changes))
 
 

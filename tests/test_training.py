@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.func import grad
 
 from noisymaml.core.devices import resolve_device
 from noisymaml.core.files import save_atomic
@@ -164,7 +165,7 @@ def test_step_is_adam_on_the_weighted_noisy_meta_gradient(make_trainer, sinusoid
     optimizer.step()
 
     seen = []
-    trainer.step(sinusoid, weigh=lambda g: seen.append(g) or weights)
+    trainer.step(sinusoid, weigh=lambda g, support: seen.append(g) or weights)
     assert {k: v.shape for k, v in seen[0].items()} == {k: (4, *p.shape) for k, p in params.items()}
     for k in params:
         torch.testing.assert_close(trainer.params[k].detach(), leaves[k].detach(), atol=1e-6, rtol=1e-5)
@@ -176,11 +177,11 @@ def test_uniform_weights_are_plain_maml(make_trainer, sinusoid):
     plain, weighed = make_trainer(NOISE), make_trainer(NOISE)
     for _ in range(3):
         plain.step(sinusoid)
-        weighed.step(sinusoid, weigh=lambda g: torch.full((4,), 0.25))
+        weighed.step(sinusoid, weigh=lambda g, support: torch.full((4,), 0.25))
     assert_same_params(plain, weighed)
     skewed = make_trainer(NOISE)
     for _ in range(3):
-        skewed.step(sinusoid, weigh=lambda g: torch.tensor([1.0, 0.0, 0.0, 0.0]))
+        skewed.step(sinusoid, weigh=lambda g, support: torch.tensor([1.0, 0.0, 0.0, 0.0]))
     assert not params_equal(plain, skewed)
 
 
@@ -340,3 +341,31 @@ def test_noise_stream_is_separate_from_the_task_stream(make_trainer):
                        torch.Generator().manual_seed(4).get_state())
     assert torch.equal(trainer.noise_generator.get_state(),
                        torch.Generator().manual_seed(4 + NOISE_STREAM).get_state())
+
+
+def test_the_weigher_gets_each_tasks_support_gradient_at_the_meta_parameters(make_trainer, sinusoid):
+    trainer, reference = make_trainer(), make_trainer()
+    tasks = sinusoid.sample(4, torch.Generator().manual_seed(0))  # the trainer's first meta-batch
+    seen = []
+    trainer.step(sinusoid, weigh=lambda g, support: seen.append(support()) or torch.full((4,), 0.25))
+    params = reference.meta_params()
+    for i in range(4):
+        expected = grad(lambda p: REGRESSION.loss(reference.forward(p, tasks.support_x[i]),
+                                                  tasks.support_y[i]))(params)
+        for name, value in expected.items():
+            torch.testing.assert_close(seen[0][name][i], value, atol=1e-6, rtol=1e-5)
+
+
+def test_more_iterations_from_a_saved_state_equal_one_longer_run(make_trainer, sinusoid):
+    """What the feedback stage's "continued" run relies on: N, save, load, M == N + M."""
+    longer, first = make_trainer(NOISE), make_trainer(NOISE)
+    for _ in range(5):
+        longer.step(sinusoid)
+    for _ in range(3):
+        first.step(sinusoid)
+    resumed = make_trainer(NOISE)
+    resumed.load_state_dict(first.state_dict())
+    for _ in range(2):
+        resumed.step(sinusoid)
+    assert resumed.iteration == 5
+    assert_same_params(longer, resumed)

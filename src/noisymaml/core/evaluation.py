@@ -41,11 +41,3 @@ def capture_gradients(forward: Forward, objective: Objective, params: Params,
         return support_gradient(forward, objective, params, support_x, support_y)
 
     return {k: v.cpu() for k, v in vmap(one)(tasks.support_x, tasks.support_y).items()}
-
-
-def split_summary_inputs(per_task: dict[str, torch.Tensor], feedback_tasks: int) -> dict[str, dict]:
-    """The feedback tasks (the first ones) and the held-out rest, as separate metric groups."""
-    return {
-        "feedback_tasks": {k: v[:feedback_tasks] for k, v in per_task.items()},
-        "heldout_tasks": {k: v[feedback_tasks:] for k, v in per_task.items()},
-    }

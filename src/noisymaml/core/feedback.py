@@ -1,20 +1,28 @@
 """Feedback from meta-test to meta-train (arXiv 2405.12299, second idea).
 
-Test tasks leave their support-set gradient at the meta-parameters (captured at evaluation,
-no query labels involved). During re-meta-training every training task's meta-gradient is
-weighted by its similarity to those stored gradients: similarity averaged over the stored
-gradients, negative values clipped to zero, weights normalised to sum to one over the
-meta-batch. When no task points the same way as the test gradients (all weights zero) the
-batch falls back to uniform weights, i.e. plain MAML for that step.
+Feedback test tasks leave their support-set gradient at the meta-parameters (captured at
+evaluation; no query label is used). During re-meta-training every training task of a
+meta-batch gets a weight from its similarity to those stored gradients, averaged over them:
+
+- what is compared (`compare`): by default like with like, each training task's own
+  support-loss gradient at the meta-parameters (`support`); or, as a variant, its meta-gradient
+  (second-order gradient of the query loss after adaptation, noise included: `meta`);
+- the rule: weights = softmax(similarity / temperature) over the meta-batch. It is continuous
+  in the similarities (a task moving from -0.001 to +0.001 barely changes any weight), equal
+  similarities give uniform weights (plain MAML), and no task's weight is ever exactly zero.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
 from noisymaml.core import Params
 
 SIMILARITIES = ("cosine", "dot")
+COMPARED = ("support", "meta")
 
 
 def flatten(grads: Params) -> torch.Tensor:
@@ -32,15 +40,30 @@ def similarity(task_grads: torch.Tensor, reference: torch.Tensor, kind: str) -> 
     return task_grads @ reference.T
 
 
-def task_weights(task_grads: Params, reference: Params, kind: str = "cosine") -> torch.Tensor:
-    """Weights [n_tasks] summing to one for the meta-gradients of a meta-batch.
+def task_weights(task_grads: Params, reference: Params, kind: str = "cosine",
+                 temperature: float = 0.1) -> torch.Tensor:
+    """Weights [n_tasks] summing to one: softmax of the mean similarity / temperature.
 
-    Only the parameters the reference gradients have are compared (MR-MAML's posterior scales
-    have meta-gradients but no test-task gradient).
+    Only the parameters both sides have are compared (MR-MAML's posterior scales have
+    meta-gradients but no test-task gradient).
     """
-    shared = {name: task_grads[name] for name in reference}
-    scores = similarity(flatten(shared), flatten(reference), kind).mean(dim=1).clamp(min=0)
-    total = scores.sum()
-    if total <= 0:
-        return torch.full_like(scores, 1.0 / scores.numel())
-    return scores / total
+    shared = sorted(set(task_grads) & set(reference))
+    scores = similarity(flatten({n: task_grads[n] for n in shared}),
+                        flatten({n: reference[n] for n in shared}), kind).mean(dim=1)
+    return torch.softmax(scores / temperature, dim=0)
+
+
+@dataclass(frozen=True)
+class FeedbackWeigher:
+    """The trainer's `weigh` for feedback: (meta-gradients, support gradients) -> task weights."""
+
+    reference: Params  # stored test-task support gradients {name: [n_reference, *shape]}
+    similarity: str = "cosine"
+    compare: str = "support"
+    temperature: float = 0.1
+
+    def __call__(self, meta_grads: Params, support_grads: Callable[[], Params]) -> torch.Tensor:
+        if self.compare not in COMPARED:
+            raise ValueError(f"unknown comparison {self.compare!r}; allowed: {', '.join(COMPARED)}")
+        compared = support_grads() if self.compare == "support" else meta_grads
+        return task_weights(compared, self.reference, self.similarity, self.temperature)

@@ -238,6 +238,15 @@ def support_gradient(forward: Forward, objective: Objective, params: Params,
     return grad(lambda p: objective.loss(forward(p, support_x), support_y))(params)
 
 
+def per_task_support_gradients(forward: Forward, objective: Objective, params: Params,
+                               tasks: TaskBatch, batched: bool = True) -> Params:
+    """Every task's support-loss gradient at `params`: {name: [tasks, *shape]} (query unused)."""
+    def one(support_x: torch.Tensor, support_y: torch.Tensor) -> Params:
+        return {k: g.detach() for k, g in
+                support_gradient(forward, objective, params, support_x, support_y).items()}
+    return map_over_tasks(one, batched, tasks.support_x, tasks.support_y)
+
+
 def evaluate_tasks(forward: Forward, objective: Objective, params: Params, tasks: TaskBatch,
                    inner: InnerLoop, batched: bool = True) -> dict[str, torch.Tensor]:
     """Pre/post-adaptation query metrics for every task of a batch: {metric: [tasks]}."""

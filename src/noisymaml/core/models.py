@@ -101,9 +101,12 @@ def init_params(model: nn.Module, seed: int) -> Params:
     return {name: p.detach().clone() for name, p in model.named_parameters()}
 
 
-def save_model(path: Path, spec: dict, params: Params, info: dict) -> None:
-    """A model file: the network's spec, its meta-parameters (on the CPU) and plain-data info."""
-    save_atomic({"spec": spec, "params": {k: v.cpu() for k, v in params.items()}, "info": info}, path)
+def save_model(path: Path, spec: dict, params: Params, info: dict, trainer: dict | None = None) -> None:
+    """A model file: the network's spec, its meta-parameters (on the CPU), plain-data info (how
+    meta-test adapts, how images are prepared) and the trainer's state, so that training can
+    go on exactly where it stopped."""
+    payload = {"spec": spec, "params": {k: v.cpu() for k, v in params.items()}, "info": info}
+    save_atomic(payload if trainer is None else {**payload, "trainer": trainer}, path)
 
 
 def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, Params, dict]:

@@ -32,9 +32,13 @@ class GradientNoise:
         return self.sigma > 0 or self.mean != 0
 
     def sigma_at(self, iteration: int) -> float:
-        """The scheduled std at a meta-iteration (0-based)."""
+        """The scheduled std at a meta-iteration (0-based).
+
+        anneal: the variance decays as sigma^2 / (1 + t)^gamma (Neelakantan et al. 2015, whose
+        gamma = 0.55 this borrows), so the std decays with the exponent gamma / 2.
+        """
         if self.schedule == "anneal":
-            return self.sigma / (1 + iteration) ** self.gamma
+            return self.sigma / (1 + iteration) ** (self.gamma / 2)
         if self.schedule == "step":
             return self.sigma / self.decay ** (iteration // self.decay_every)
         return self.sigma

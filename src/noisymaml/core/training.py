@@ -1,7 +1,9 @@
 """Meta-training: noisy MAML steps, optional feedback weighting, logging and resumable checkpoints.
 
-Task sampling and gradient noise use two separate seeded generators on the training device,
-so noise never changes which tasks are drawn, and a resumed run replays the exact streams.
+Task sampling, gradient noise and the method's own randomness (MR-MAML's weight samples,
+meta-augmentation's relabelling) use three separate seeded generators on the training device,
+so neither noise nor the method changes which tasks are drawn: every method trains on the same
+sequence of tasks. A checkpoint holds all three, so a resumed run replays the exact streams.
 """
 
 from __future__ import annotations
@@ -20,13 +22,21 @@ from torch.func import grad_and_value
 
 from noisymaml.core import Params
 from noisymaml.core.files import save_atomic
-from noisymaml.core.maml import InnerLoop, Objective, Realise, make_forward, per_task_meta_gradients
+from noisymaml.core.maml import (
+    InnerLoop,
+    Objective,
+    Realise,
+    make_forward,
+    per_task_meta_gradients,
+    per_task_support_gradients,
+)
 from noisymaml.core.noise import GradientNoise, describe
-from noisymaml.core.tasks import TaskSource
+from noisymaml.core.tasks import TaskBatch, TaskSource
 from noisymaml.errors import NoisyMamlError
 
-Weigher = Callable[[Params], torch.Tensor]
 NOISE_STREAM = 1_000_003  # offset between the task and the noise generators' seeds
+METHOD_STREAM = 2_000_029  # ... and the method's own randomness (MR-MAML draws, meta-aug relabelling)
+Weigher = Callable[[Params, Callable[[], Params]], torch.Tensor]  # (meta-gradients, support gradients)
 
 
 class TrainingDiverged(NoisyMamlError):
@@ -41,6 +51,11 @@ class Method(Protocol):
     def inner_loop(self, inner: InnerLoop, params: Params) -> InnerLoop: ...
 
     def draws(self, params: Params, n_tasks: int, generator: torch.Generator) -> Params | None: ...
+
+    def augment(self, tasks: TaskBatch, classification: bool, ways: int,
+                generator: torch.Generator) -> TaskBatch: ...
+
+    def evaluation_params(self, params: Params) -> Params: ...
 
     @property
     def realise(self) -> Realise | None: ...
@@ -63,6 +78,7 @@ class TrainerConfig:
     batched: bool = True  # vmap over tasks, or a task loop
     meta_grad_clip: float | None = None  # clamp every meta-gradient entry to +-value
     autocast: torch.dtype | None = None  # e.g. torch.bfloat16 for the forward passes
+    ways: int = 0  # classes per task (classification), for methods that relabel tasks
 
 
 class MetaTrainer:
@@ -81,6 +97,7 @@ class MetaTrainer:
         self.meta_grad_clip = config.meta_grad_clip
         self.task_generator = torch.Generator(device).manual_seed(config.seed)
         self.noise_generator = torch.Generator(device).manual_seed(config.seed + NOISE_STREAM)
+        self.method_generator = torch.Generator(device).manual_seed(config.seed + METHOD_STREAM)
         self.iteration = 0
 
     def meta_params(self) -> Params:
@@ -89,16 +106,17 @@ class MetaTrainer:
     def step(self, source: TaskSource, weigh: Weigher | None = None) -> dict[str, float]:
         """One meta-iteration; returns the meta-batch's mean pre/post-adaptation metrics."""
         params = self.meta_params()
-        tasks = source.sample(self.meta_batch, self.task_generator)
+        tasks = self.method.augment(source.sample(self.meta_batch, self.task_generator),
+                                    self.objective.classification, self.config.ways, self.method_generator)
         adapted, _ = self.inner.splits(params)
         inner_noise = self.noise.inner(adapted, self.meta_batch, self.inner.steps, self.iteration,
                                        self.noise_generator)
-        draws = self.method.draws(params, self.meta_batch, self.noise_generator)
+        draws = self.method.draws(params, self.meta_batch, self.method_generator)
         grads, metrics = per_task_meta_gradients(self.forward, self.objective, params, tasks,
                                                  self.inner, inner_noise, self.batched,
                                                  self.method.realise, draws)
-        weights = weigh(grads) if weigh else torch.full(
-            (self.meta_batch,), 1.0 / self.meta_batch, device=tasks.support_x.device)
+        weights = (weigh(grads, lambda: self._support_gradients(params, tasks)) if weigh else
+                   torch.full((self.meta_batch,), 1.0 / self.meta_batch, device=tasks.support_x.device))
         meta_grad = {k: torch.tensordot(weights, g, dims=1) for k, g in grads.items()}
         summary = {k: v.mean().item() for k, v in metrics.items()}
         if self.method.regularised:
@@ -117,6 +135,11 @@ class MetaTrainer:
         self.iteration += 1
         return summary
 
+    def _support_gradients(self, params: Params, tasks: TaskBatch) -> Params:
+        """Each task's support-loss gradient at the meta-parameters (as meta-test sees them)."""
+        return per_task_support_gradients(self.forward, self.objective,
+                                          self.method.evaluation_params(params), tasks, self.batched)
+
     def _check_finite(self, loss: float, meta_grad: Params) -> None:
         bad = [k for k, g in meta_grad.items() if not torch.isfinite(g).all()]
         if math.isfinite(loss) and not bad:
@@ -132,6 +155,7 @@ class MetaTrainer:
             "optimizer": self.optimizer.state_dict(),
             "task_generator": self.task_generator.get_state(),
             "noise_generator": self.noise_generator.get_state(),
+            "method_generator": self.method_generator.get_state(),
             "iteration": self.iteration,
         }
 
@@ -142,6 +166,7 @@ class MetaTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.task_generator.set_state(state["task_generator"])
         self.noise_generator.set_state(state["noise_generator"])
+        self.method_generator.set_state(state["method_generator"])
         self.iteration = state["iteration"]
 
 

@@ -26,9 +26,10 @@ class TaskData:
 
     train: TaskSource
     val: object  # an evaluation set: __len__ and slice(start, stop) -> TaskBatch
-    test: object
+    test: object  # held-out test episodes: no class, no image shared with `feedback`
     objective: Objective
     model_spec: dict
+    feedback: object  # feedback episodes: their support gradients feed back into meta-training
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,10 @@ class Dataset:
     def load(self, settings: Section, folder: Path, device: torch.device) -> TaskData:
         """The episodes folder as training and evaluation see it."""
         raise NotImplementedError
+
+    def input_info(self, settings: Section, spec: dict) -> dict:
+        """How inputs reach the network (stored in model files for `noisymaml predict`)."""
+        return {}
 
     def chance(self, settings: Section) -> float | None:
         """The score of guessing (1/ways for classification); None where there is none."""

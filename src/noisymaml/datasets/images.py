@@ -40,6 +40,7 @@ from noisymaml.errors import ParamError
 from noisymaml.settings import Section
 
 SPLITS = ("train", "val", "test")
+EPISODE_SPLITS = ("val", "feedback", "test")  # feedback and test: disjoint parts of the test classes
 
 
 class ImageTasks(Section):
@@ -50,8 +51,10 @@ class ImageTasks(Section):
     ways: int = Field(ge=2)
     shots: int = Field(ge=1)
     query_shots: int = Field(ge=1)  # query images per class
-    test_episodes: int = Field(ge=1)
+    test_episodes: int = Field(ge=1)  # held-out test episodes (from the held-out test classes)
     val_episodes: int = Field(ge=1)
+    feedback_classes: int = Field(ge=2)  # test classes set aside for feedback episodes
+    feedback_episodes: int = Field(ge=1)  # episodes over them (feedback.tasks take the first ones)
     # True where each training group and each val/test task is one fixed class pair (D'Claw objects)
     fixed_pairs: ClassVar[bool] = False
 
@@ -94,6 +97,28 @@ def rgb_pools(splits: dict[str, tuple[np.ndarray, list[str]]], summary: dict) ->
                       {s: names for s, (_, names) in splits.items()}, summary)
 
 
+def set_aside_feedback(dataset: str, pools: ImagePools, tasks: ImageTasks,
+                       generator: torch.Generator) -> ImagePools:
+    """Split the test classes at random (seeded) into `feedback_classes` for feedback episodes
+    and the rest, held out: the two share no class and no image. Classes that come from one
+    source stay together on one side: a D'Claw object's pair, an Omniglot character's four
+    rotations (rotations as classes), whose names are listed once per source."""
+    test, names = pools.images["test"], pools.names["test"]
+    unit = test.shape[0] // len(names) if len(names) < test.shape[0] else (2 if tasks.fixed_pairs else 1)
+    wanted = tasks.feedback_classes
+    if wanted % unit or not tasks.ways <= wanted <= test.shape[0] - tasks.ways:
+        raise ParamError(f"params.yaml: `{dataset}.tasks.feedback_classes` = {wanted}: needs at least "
+                         f"`ways` ({tasks.ways}) of the {test.shape[0]} test classes on each side"
+                         + (f", in whole groups of {unit} classes of one source" if unit > 1 else ""))
+    units = torch.randperm(test.shape[0] // unit, generator=generator)
+    sides = {"feedback": units[:wanted // unit].sort().values, "test": units[wanted // unit:].sort().values}
+    classes = {side: (u.view(-1, 1) * unit + torch.arange(unit)).flatten() for side, u in sides.items()}
+    named = sides if len(names) < test.shape[0] else classes
+    return ImagePools({**pools.images, **{side: test[c] for side, c in classes.items()}},
+                      {**pools.names, **{side: [names[i] for i in named[side].tolist()] for side in sides}},
+                      pools.summary)
+
+
 def check_episode_fits(dataset: str, tasks: ImageTasks, pools: dict[str, torch.Tensor]) -> None:
     for split, pool in pools.items():
         if pool.shape[0] < tasks.ways:
@@ -109,6 +134,14 @@ class ImageDataset(Dataset):
     """Episodes built from per-split image pools; subclasses say how to read the pools."""
 
     Settings = ImageSettings
+    colour = "rgb"  # how image files become pixels: rgb | grey_inverted (see imagefiles)
+
+    def input_info(self, settings: ImageSettings, spec: dict) -> dict:
+        """Image size, channels, colour handling, and the batch meta-test normalises query
+        images in (batch norm uses batch statistics): one episode's query set."""
+        tasks = settings.tasks
+        return {"image_size": tasks.image_size, "channels": spec["in_channels"], "colour": self.colour,
+                "query_batch": tasks.ways * tasks.query_shots}
 
     def pools(self, settings: ImageSettings, seed: int, source: Path,
               fetch: FetchSettings) -> ImagePools:
@@ -116,17 +149,20 @@ class ImageDataset(Dataset):
 
     def build_episodes(self, settings: ImageSettings, seed: int, source: Path,
                        fetch: FetchSettings, out: Path) -> dict:
-        """pool.pt (images, class names, training groups) and the fixed val/test episode indices."""
-        pools = self.pools(settings, seed, source, fetch)
+        """pool.pt (images, class names, training groups) and the fixed val/feedback/test
+        episode indices. The test classes are split into a feedback pool and a held-out pool."""
         tasks = settings.tasks
+        pools = self.pools(settings, seed, source, fetch)
         check_episode_fits(self.name, tasks, pools.images)
+        pools = set_aside_feedback(self.name, pools, tasks, seeded(seed, f"{self.name}/feedback_classes"))
         per_class = tasks.shots + tasks.query_shots
         paired = tasks.fixed_pairs
         n_train = pools.images["train"].shape[0]
         groups = (class_pairs(n_train) if paired else
                   nme_groups(n_train, tasks.ways, seeded(seed, f"{self.name}/groups")))
         torch.save({"images": pools.images, "classes": pools.names, "groups": groups}, out / "pool.pt")
-        for split, count in (("val", tasks.val_episodes), ("test", tasks.test_episodes)):
+        counts = {"val": tasks.val_episodes, "feedback": tasks.feedback_episodes, "test": tasks.test_episodes}
+        for split, count in counts.items():
             pool, generator = pools.images[split], seeded(seed, f"{self.name}/{split}")
             episodes = (grouped_episodes(count, class_pairs(pool.shape[0]), per_class, pool.shape[1],
                                          generator) if paired else
@@ -135,7 +171,7 @@ class ImageDataset(Dataset):
             torch.save(episodes.as_dict(), out / f"{split}.pt")
         return {**pools.summary, "classes": {s: int(p.shape[0]) for s, p in pools.images.items()},
                 "images_per_class": {s: int(p.shape[1]) for s, p in pools.images.items()},
-                "val_episodes": tasks.val_episodes, "test_episodes": tasks.test_episodes}
+                "episodes": counts}
 
     def load(self, settings: ImageSettings, folder: Path, device: torch.device) -> TaskData:
         pool = load_file(folder / "pool.pt")
@@ -145,8 +181,9 @@ class ImageDataset(Dataset):
                                          tasks.ways, tasks.shots, tasks.query_shots,
                                          augment_rotations=getattr(tasks, "rotations", "off") == "augment")
         evaluation = {s: EpisodeSet(images[s], Episodes(**load_file(folder / f"{s}.pt")).to(device),
-                                    tasks.shots) for s in ("val", "test")}
+                                    tasks.shots) for s in EPISODE_SPLITS}
         spec = {"kind": "conv4", "in_channels": images["train"].shape[2],
                 "image_size": tasks.image_size, "n_classes": tasks.ways,
                 "filters": settings.model.filters, "downsample": settings.model.downsample}
-        return TaskData(train, evaluation["val"], evaluation["test"], CLASSIFICATION, spec)
+        return TaskData(train, evaluation["val"], evaluation["test"], CLASSIFICATION, spec,
+                        evaluation["feedback"])

@@ -229,6 +229,7 @@ class Omniglot(ImageDataset):
 
     name = "omniglot"
     Settings = OmniglotSettings
+    colour = "grey_inverted"
     paper_iterations = 60_000  # Finn et al. 2017
     reported = (
         Reported("NME, 20-way 1-shot, full Omniglot", "MAML", "7.8%", YIN),

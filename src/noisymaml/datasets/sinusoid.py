@@ -46,6 +46,7 @@ class SinusoidTasks(Section):
     test_query: int = Field(ge=1)
     test_episodes: int = Field(ge=1)
     val_episodes: int = Field(ge=1)
+    feedback_episodes: int = Field(ge=1)  # drawn like test tasks, from a stream of their own
 
     @model_validator(mode="after")
     def _relations(self):
@@ -122,19 +123,19 @@ class Sinusoid(Dataset):
 
     def build_episodes(self, settings: SinusoidSettings, seed: int, source: Path,
                        fetch: FetchSettings, out: Path) -> dict:
-        problem = SinusoidNME(settings.tasks)
-        for split, count in (("val", settings.tasks.val_episodes), ("test", settings.tasks.test_episodes)):
-            tasks = problem.test_tasks(count, seeded(seed, f"sinusoid/{split}"))
-            torch.save(tasks.as_dict(), out / f"{split}.pt")
-        return {"val_episodes": settings.tasks.val_episodes,
-                "test_episodes": settings.tasks.test_episodes}
+        problem, tasks = SinusoidNME(settings.tasks), settings.tasks
+        counts = {"val": tasks.val_episodes, "feedback": tasks.feedback_episodes, "test": tasks.test_episodes}
+        for split, count in counts.items():
+            episodes = problem.test_tasks(count, seeded(seed, f"sinusoid/{split}"))
+            torch.save(episodes.as_dict(), out / f"{split}.pt")
+        return {"episodes": counts}
 
     def load(self, settings: SinusoidSettings, folder: Path, device: torch.device) -> TaskData:
         problem = SinusoidNME(settings.tasks)
-        splits = {s: TaskBatch(**load_file(folder / f"{s}.pt")).to(device) for s in ("val", "test")}
+        splits = {s: TaskBatch(**load_file(folder / f"{s}.pt")).to(device) for s in ("val", "feedback", "test")}
         spec = {"kind": "mlp", "in_features": problem.input_size,
                 "hidden": list(settings.model.hidden), "out_features": 1}
-        return TaskData(problem, splits["val"], splits["test"], REGRESSION, spec)
+        return TaskData(problem, splits["val"], splits["test"], REGRESSION, spec, splits["feedback"])
 
 
 DATASET = Sinusoid()

@@ -13,7 +13,7 @@ from torch import nn
 from noisymaml.core import Params
 from noisymaml.core.maml import InnerLoop, Realise
 from noisymaml.core.models import init_params
-from noisymaml.core.tasks import TaskSource
+from noisymaml.core.tasks import TaskBatch
 from noisymaml.settings import NoSettings
 
 
@@ -33,9 +33,10 @@ class MAML:
         """The dataset's inner loop as this method runs it on these meta-parameters."""
         return inner
 
-    def training_source(self, source: TaskSource, classification: bool, ways: int) -> TaskSource:
-        """The training tasks as this method sees them."""
-        return source
+    def augment(self, tasks: TaskBatch, classification: bool, ways: int,
+                generator: torch.Generator) -> TaskBatch:
+        """A sampled meta-batch as this method trains on it; randomness from `generator`."""
+        return tasks
 
     @property
     def realise(self) -> Realise | None:
@@ -43,7 +44,7 @@ class MAML:
         return None
 
     def draws(self, params: Params, n_tasks: int, generator: torch.Generator) -> Params | None:
-        """Per-task random inputs of `realise`."""
+        """Per-task random inputs of `realise`, from `generator`."""
         return None
 
     def regulariser(self, params: Params) -> torch.Tensor:

@@ -4,7 +4,8 @@ Training tasks are made mutually exclusive by randomness the model cannot predic
 inputs, so memorising a task's answer no longer pays and the support set must be read:
 classification permutes each task's labels (the same permutation on support and query),
 regression shifts each task's targets by one U(-r, r) offset shared by support and query.
-Validation and test episodes are never augmented.
+Validation and test episodes are never augmented. The permutations and shifts come from the
+trainer's method stream, so meta_aug trains on the same tasks (classes, images) as maml.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from noisymaml.core.tasks import TaskBatch, TaskSource
+from noisymaml.core.tasks import TaskBatch
 from noisymaml.methods.maml import MAML
 from noisymaml.settings import Section
 
@@ -32,20 +33,6 @@ def shift_targets(tasks: TaskBatch, shift_range: float, generator: torch.Generat
     return TaskBatch(tasks.support_x, tasks.support_y + shift, tasks.query_x, tasks.query_y + shift)
 
 
-class MetaAugmented:
-    """A training task source whose tasks are meta-augmented (labels permuted or targets shifted)."""
-
-    def __init__(self, source: TaskSource, classification: bool, ways: int, shift_range: float):
-        self.source, self.classification = source, classification
-        self.ways, self.shift_range = ways, shift_range
-
-    def sample(self, n_tasks: int, generator: torch.Generator) -> TaskBatch:
-        tasks = self.source.sample(n_tasks, generator)
-        if self.classification:
-            return permute_labels(tasks, self.ways, generator)
-        return shift_targets(tasks, self.shift_range, generator)
-
-
 class MetaAugSettings(Section):
     """`algorithms.meta_aug` (classification permutes labels per task and needs no setting)."""
 
@@ -62,8 +49,11 @@ class MetaAugmentation(MAML):
     def __init__(self, range: float):
         self.range = range
 
-    def training_source(self, source: TaskSource, classification: bool, ways: int) -> TaskSource:
-        return MetaAugmented(source, classification, ways, self.range)
+    def augment(self, tasks: TaskBatch, classification: bool, ways: int,
+                generator: torch.Generator) -> TaskBatch:
+        if classification:
+            return permute_labels(tasks, ways, generator)
+        return shift_targets(tasks, self.range, generator)
 
 
 METHOD = MetaAugmentation

@@ -36,9 +36,11 @@ class NoiseParams(Section):
 
 class FeedbackParams(Section):
     method: str = "noisy_maml"  # the trained method whose model is re-meta-trained with feedback
-    tasks: int = Field(ge=1)
+    tasks: int = Field(ge=1)  # feedback episodes whose support gradients are stored
     iterations: int = Field(ge=1)
     similarity: Literal["cosine", "dot"] = "cosine"
+    compare: Literal["support", "meta"] = "support"  # training tasks' support or meta-gradients
+    temperature: float = Field(0.1, gt=0)  # weights = softmax(similarity / temperature)
 
     @field_validator("method")
     @classmethod

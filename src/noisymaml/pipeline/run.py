@@ -14,16 +14,17 @@ import torch
 
 from noisymaml.core import Params
 from noisymaml.core.devices import resolve_device
-from noisymaml.core.evaluation import capture_gradients, evaluate, split_summary_inputs
-from noisymaml.core.files import save_atomic
+from noisymaml.core.evaluation import capture_gradients, evaluate
+from noisymaml.core.files import load_file, save_atomic
 from noisymaml.core.maml import Forward, InnerLoop, make_forward
 from noisymaml.core.metrics import MEMORISATION_TASKS, summarise
+from noisymaml.core.models import load_model
 from noisymaml.core.noise import GradientNoise
-from noisymaml.core.tasks import TaskSource, seeded
+from noisymaml.core.tasks import seeded
 from noisymaml.core.training import Checkpoint, MetaTrainer, TrainerConfig, Weigher, fingerprint, train
 from noisymaml.datasets import DATASETS
 from noisymaml.datasets.base import Dataset, TaskData
-from noisymaml.errors import ParamError
+from noisymaml.errors import DataError, ParamError
 from noisymaml.methods import MAML, METHODS
 from noisymaml.pipeline.params import (
     NOISY,
@@ -41,12 +42,13 @@ from noisymaml.pipeline.params import (
 )
 from noisymaml.pipeline.paths import CHECKPOINTS, episodes_dir
 
-FEEDBACK_STREAM = 7919  # seed offset so re-meta-training draws tasks other than the first run's
-
 
 def gradient_noise(params: NoiseParams) -> GradientNoise:
     """The `noise` section as the core's GradientNoise."""
     return GradientNoise(**params.model_dump())
+
+
+CHECKPOINT_FORMAT = 2  # what a checkpoint holds (2: three random streams); others are not resumed
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,7 @@ class Run:
         train_cfg = self.config.train
         return TrainerConfig(data.objective, self.inner, self.method, train_cfg.meta_lr,
                              train_cfg.meta_batch, seed, self.device, self.noise, self.batched,
-                             train_cfg.meta_grad_clip, self.autocast)
+                             train_cfg.meta_grad_clip, self.autocast, data.model_spec.get("n_classes", 0))
 
     def initial_params(self, model: torch.nn.Module) -> Params:
         """The method's starting meta-parameters; a setting the model cannot take is a ParamError."""
@@ -124,11 +126,6 @@ class Run:
             return self.method.initial_params(model, self.seed)
         except ValueError as err:
             raise ParamError(f"params.yaml: `algorithms.{self.algorithm}`: {err}") from None
-
-    def training_source(self, data: TaskData) -> TaskSource:
-        """The training tasks as this run's method sees them (meta-augmented for meta_aug)."""
-        return self.method.training_source(data.train, data.objective.classification,
-                                           data.model_spec.get("n_classes", 0))
 
 
 def evaluate_episodes(run: Run, forward: Forward, data: TaskData, params: Params, episodes,
@@ -150,18 +147,19 @@ def meta_train(run: Run, trainer: MetaTrainer, data: TaskData, iterations: int, 
         return {k: v.mean().item() for k, v in per_task.items() if k.endswith("_post")}
 
     checkpoint = Checkpoint(CHECKPOINTS / run.dataset / f"{label}.pt", cfg.train.checkpoint_every,
-                            fingerprint({**run.settings(), **extra_settings}))
-    rows = train(trainer, run.training_source(data), iterations, cfg.train.log_every, validate,
+                            fingerprint({**run.settings(), **extra_settings, "format": CHECKPOINT_FORMAT}))
+    rows = train(trainer, data.train, iterations, cfg.train.log_every, validate,
                  checkpoint, f"{run.dataset}/{label}", weigh)
     checkpoint.path.unlink(missing_ok=True)
     return rows
 
 
 def score(run: Run, forward: Forward, data: TaskData, params: Params) -> dict:
-    """Metrics of a trained model: test (all, feedback, held-out), validation, training tasks.
+    """Metrics of a trained model: held-out test, feedback tasks, validation, training tasks.
 
-    Training tasks are the dataset's own (never meta-augmented): pre-adaptation accuracy on
-    them is the memorisation index.
+    Test episodes are held out: their classes (and so images) never fed back. The feedback
+    episodes are scored separately. Training tasks are the dataset's own (never
+    meta-augmented): pre-adaptation accuracy on them is the memorisation index.
     """
     def scored(episodes) -> dict[str, torch.Tensor]:
         return evaluate_episodes(run, forward, data, params, episodes)
@@ -169,15 +167,46 @@ def score(run: Run, forward: Forward, data: TaskData, params: Params) -> dict:
     test, val = scored(data.test), scored(data.val)
     train_tasks = scored(data.train.sample(MEMORISATION_TASKS,
                                            seeded(run.seed, "memorisation", run.device)))
-    groups = split_summary_inputs(test, min(run.feedback.tasks, len(data.test)))
-    return {"test": summarise(test),
-            **{f"test_{name}": summarise(g) for name, g in groups.items() if len(next(iter(g.values())))},
+    feedback = evaluate_episodes(run, forward, data, params, data.feedback, feedback_count(run, data))
+    return {"test": summarise(test), "test_feedback_tasks": summarise(feedback),
             "val": summarise(val), "train_tasks": summarise(train_tasks)}
 
 
+def feedback_count(run: Run, data: TaskData) -> int:
+    """`feedback.tasks`, checked against the feedback episodes the episodes stage built."""
+    if run.feedback.tasks > len(data.feedback):
+        raise ParamError(f"params.yaml: `feedback.tasks` = {run.feedback.tasks} but "
+                         f"`{run.dataset}.tasks.feedback_episodes` built only {len(data.feedback)}")
+    return run.feedback.tasks
+
+
+def resumed_trainer(run: Run, data: TaskData, path: Path) -> MetaTrainer:
+    """The trainer of a finished run, as it was at its last iteration (a model file holds the
+    trainer's state), so that more iterations continue it exactly."""
+    model, params, _ = load_model(path, run.device)
+    trainer = MetaTrainer(model, params, run.trainer_config(data, run.seed))
+    state = load_file(path).get("trainer")
+    if state is None:
+        raise DataError(f"{path}: holds no trainer state to continue from; re-run its train stage "
+                        "(dvc repro)")
+    trainer.load_state_dict(state)
+    return trainer
+
+
+def model_info(run: Run, label: str, trainer: MetaTrainer, data: TaskData) -> dict:
+    """What a model file says about itself: the run, and how meta-test adapts and prepares
+    inputs, so that `noisymaml predict` adapts exactly as the evaluate stage does."""
+    spec = data.model_spec
+    return {"dataset": run.dataset, "method": label, "algorithm": run.algorithm,
+            "algorithm_settings": run.algorithm_settings.model_dump(), "iterations": trainer.iteration,
+            "meta_test": {"inner_lr": run.eval_inner.lr, "inner_steps": run.eval_inner.steps,
+                          "first_order": run.eval_inner.first_order},
+            "inputs": run.spec.input_info(run.config, spec)}
+
+
 def save_gradients(path: Path, run: Run, data: TaskData, forward: Forward, params: Params) -> None:
-    count = min(run.feedback.tasks, len(data.test))
+    count = feedback_count(run, data)
     grads = capture_gradients(forward, data.objective, run.method.evaluation_params(params),
-                              data.test, count)
+                              data.feedback, count)
     save_atomic({"gradients": grads, "episodes": torch.arange(count)}, path)
 

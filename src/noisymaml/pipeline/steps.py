@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 
-from noisymaml.core.feedback import task_weights
+from noisymaml.core.feedback import FeedbackWeigher
 from noisymaml.core.files import load_file, write_curve, write_json
 from noisymaml.core.models import build_model, load_model, save_model
 from noisymaml.core.training import MetaTrainer
 from noisymaml.datasets import DATASETS
-from noisymaml.datasets.base import FetchSettings
+from noisymaml.datasets.base import FetchSettings, TaskData
 from noisymaml.pipeline.params import (
     FeedbackParams,
     parse_dataset,
@@ -27,7 +27,7 @@ from noisymaml.pipeline.paths import (
     metrics_path,
     model_path,
 )
-from noisymaml.pipeline.run import FEEDBACK_STREAM, Run, meta_train, save_gradients, score
+from noisymaml.pipeline.run import Run, meta_train, model_info, resumed_trainer, save_gradients, score
 
 FEEDBACK_VARIANTS = ("feedback", "continued")  # re-meta-training with and without the weighting
 
@@ -50,10 +50,10 @@ def episodes(dataset: str) -> str:
     return f"[episodes {dataset}] {json.dumps(summary)}"
 
 
-def _finish(run: Run, label: str, trainer: MetaTrainer, spec: dict, rows: list[dict]) -> None:
-    """Save a trained model and its learning curve under `label`."""
-    save_model(model_path(run.dataset, label), spec, trainer.meta_params(),
-               {"dataset": run.dataset, "method": label, "iterations": trainer.iteration})
+def _finish(run: Run, label: str, trainer: MetaTrainer, data: TaskData, rows: list[dict]) -> None:
+    """Save a trained model (with its trainer's state) and its learning curve under `label`."""
+    save_model(model_path(run.dataset, label), data.model_spec, trainer.meta_params(),
+               model_info(run, label, trainer, data), trainer.state_dict())
     if rows:
         write_curve(curve_path(run.dataset, label), rows)
 
@@ -65,7 +65,7 @@ def train(dataset: str, method: str) -> None:
     model = build_model(data.model_spec)
     trainer = MetaTrainer(model, run.initial_params(model), run.trainer_config(data, run.seed))
     rows = meta_train(run, trainer, data, run.config.train.iterations, method, {})
-    _finish(run, method, trainer, data.model_spec, rows)
+    _finish(run, method, trainer, data, rows)
 
 
 def evaluate(dataset: str, method: str) -> str:
@@ -82,20 +82,22 @@ def evaluate(dataset: str, method: str) -> str:
 
 
 def feedback(dataset: str) -> None:
-    """Stage `feedback@<dataset>`: re-meta-train `feedback.method`'s model weighted by similarity
-    to the stored test gradients, and the same iterations without weighting ("continued")."""
+    """Stage `feedback@<dataset>`: go on training `feedback.method`'s run for
+    `feedback.iterations` more iterations (its optimiser, schedule and random streams resumed)
+    with meta-gradients weighted by similarity to the stored feedback-task gradients, and the
+    same iterations unweighted ("continued"), the control."""
     method = parse_section(read_params(), "feedback", FeedbackParams).method
     run = Run.from_params(dataset, method)
     data = run.task_data()
     stored = load_file(gradients_path(dataset, method))["gradients"]
-    reference = {k: v.to(run.device) for k, v in stored.items()}
-    weighing = {"feedback": lambda g: task_weights(g, reference, run.feedback.similarity),
+    settings = run.feedback
+    weighing = {"feedback": FeedbackWeigher({k: v.to(run.device) for k, v in stored.items()},
+                                            settings.similarity, settings.compare, settings.temperature),
                 "continued": None}
     for variant in FEEDBACK_VARIANTS:
         label = f"{method}_{variant}"
-        model, params, spec = load_model(model_path(dataset, method), run.device)
-        trainer = MetaTrainer(model, params, run.trainer_config(data, run.seed + FEEDBACK_STREAM))
-        rows = meta_train(run, trainer, data, run.feedback.iterations, label,
-                          {"feedback": run.feedback.model_dump(), "variant": variant}, weighing[variant])
-        _finish(run, label, trainer, spec, rows)
+        trainer = resumed_trainer(run, data, model_path(dataset, method))
+        rows = meta_train(run, trainer, data, trainer.iteration + settings.iterations, label,
+                          {"feedback": settings.model_dump(), "variant": variant}, weighing[variant])
+        _finish(run, label, trainer, data, rows)
         write_json(metrics_path(dataset, label), score(run, trainer.forward, data, trainer.meta_params()))

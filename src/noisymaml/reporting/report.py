@@ -47,8 +47,7 @@ REQUIRED_GROUPS = ("test", "train_tasks")
 # Table columns after the method label: (header, metrics group, pre or post adaptation).
 COLUMNS = (("test, post", "test", "post"),
            ("test, pre", "test", "pre"),
-           ("held-out test tasks, post", "test_heldout_tasks", "post"),
-           ("feedback test tasks, post", "test_feedback_tasks", "post"),
+           ("feedback tasks, post", "test_feedback_tasks", "post"),
            ("memorisation index (training tasks, pre)", "train_tasks", "pre"),
            ("training tasks, post", "train_tasks", "post"))
 
@@ -256,17 +255,18 @@ def _how_to_read(settings: Settings) -> str:
         "scored on the same fixed test episodes. Each meta-trained model is adapted to every test "
         "task with a few gradient steps on the task's support set; *pre* is the score before "
         "adaptation, *post* after it. Cells are the mean ± 95% confidence half-width over tasks "
-        f"(one seed, `seed` = {settings.seed}; means over seeds: `noisymaml sweep report`). The "
+        f"(Student's t; one seed, `seed` = {settings.seed}; means over seeds: `noisymaml sweep report`). The "
         "**memorisation index** is the "
         f"pre-adaptation score on {MEMORISATION_TASKS} fixed training tasks: a model that solves "
         "its training tasks without adapting has memorised them (meta-overfitting) instead of "
         "learning to adapt. For classification, memorisation shows as pre-adaptation accuracy well above "
-        "chance (1/ways); for the sinusoid, as a low pre-adaptation MSE. *Feedback test tasks* are "
-        f"the first {settings.feedback.tasks} test episodes, whose support gradients weighted the "
-        "re-meta-training of the *+ feedback* run; *held-out test tasks* are the rest, the fair "
-        "test score for that run. The *continued without feedback* run trains the same extra "
-        "iterations without the weighting, so its difference to *+ feedback* is the effect of "
-        "feedback rather than of training longer.")
+        "chance (1/ways); for the sinusoid, as a low pre-adaptation MSE. *Feedback tasks* are "
+        f"{settings.feedback.tasks} episodes over test classes set aside for feedback; their "
+        "support gradients weighted the re-meta-training of the *+ feedback* run. The *test* "
+        "episodes are held out: they share no class and no image with the feedback tasks, so "
+        "they are the fair test score for that run. The *continued without feedback* run goes "
+        "on from the same training state for the same extra iterations without the weighting, "
+        "so its difference to *+ feedback* is the effect of feedback rather than of training longer.")
 
 
 def _settings_list(settings: Settings) -> str:

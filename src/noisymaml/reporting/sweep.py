@@ -37,11 +37,10 @@ COLUMNS = (
     ("validation, post", "noisy_maml", "val", "post"),
     ("test, post", "noisy_maml", "test", "post"),
     ("memorisation index (training tasks, pre)", "noisy_maml", "train_tasks", "pre"),
-    ("+ feedback, held-out test, post", "noisy_maml_feedback", "test_heldout_tasks", "post"),
-    ("continued without feedback, held-out test, post", "noisy_maml_continued",
-     "test_heldout_tasks", "post"),
-    ("+ feedback, feedback test tasks, post", "noisy_maml_feedback", "test_feedback_tasks", "post"),
-    ("continued without feedback, feedback test tasks, post", "noisy_maml_continued",
+    ("+ feedback, test, post", "noisy_maml_feedback", "test", "post"),
+    ("continued without feedback, test, post", "noisy_maml_continued", "test", "post"),
+    ("+ feedback, feedback tasks, post", "noisy_maml_feedback", "test_feedback_tasks", "post"),
+    ("continued without feedback, feedback tasks, post", "noisy_maml_continued",
      "test_feedback_tasks", "post"),
 )
 REQUIRED = "noisy_maml"  # every sweep run trains and evaluates it
@@ -297,12 +296,12 @@ def write_sweep_report(doc: list, dataset: str, out_dir: Path) -> Path:
     plot_sweep(rows, dataset, out_dir / image)
     unit = "accuracy" if metric_key(dataset) == "acc" else "MSE"
     lines = [f"# Sigma sweep: {dataset}", "",
-             f"{len(runs)} finished experiments; cells are the mean ± 95% CI over seeds of the "
-             f"per-run {unit} (each run's own value is a mean over its fixed episodes; a row with "
-             "a single seed shows that run's 95% CI over its episodes instead). The "
+             f"{len(runs)} finished experiments; cells are the mean ± 95% CI over seeds (Student's t "
+             f"for the number of seeds) of the per-run {unit} (each run's own value is a mean over "
+             "its fixed episodes; a row with a single seed shows that run's 95% CI over its episodes instead). The "
              "memorisation index is the pre-adaptation score on training tasks. The feedback "
              "ablation (feedback against the same extra iterations without it) is scored on the "
-             "held-out test tasks and on the test tasks that fed back their gradients.", "",
+             "held-out test tasks and on the feedback tasks that fed back their gradients.", "",
              sweep_table(rows, dataset), "", f"![{dataset} sweep]({image})"]
     if failed:
         lines += ["", "Failed experiments (not in the table):", "",
