@@ -38,7 +38,7 @@ def toy_params() -> dict:
     params["algorithms"]["scaled_step"] = {"factor": 0.5}
     params["feedback"].update(method="noisy_scaled_step", tasks=2, iterations=2)
     params["toylines"] = {
-        "tasks": {"support": 5, "query": 5, "test_episodes": 6, "val_episodes": 3},
+        "tasks": {"support": 5, "query": 5, "test_episodes": 6, "val_episodes": 3, "feedback_episodes": 2},
         "model": {"hidden": [8]},
         "maml": {"inner_lr": 0.05, "inner_steps": 1, "first_order": False},
         "train": {"iterations": 4, "meta_batch": 3, "meta_lr": 0.01, "log_every": 2, "val_tasks": 2,

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow  # `dvc repro` in a copy of the project
 
 DATASETS = ("miniimagenet", "dclaw")
 METHODS = ("maml", "mr_maml_w", "noisy_maml", "noisy_maml_feedback", "noisy_maml_continued")
-MINI_CLASSES = {"train": 6, "val": 3, "test": 3}
+MINI_CLASSES = {"train": 6, "val": 3, "test": 6}  # test: 3 feedback + 3 held-out classes
 TEST_EPISODES = 6
 
 
@@ -30,12 +30,12 @@ def tiny_params() -> dict:
     for name in DATASETS:
         section = params[name]
         section["tasks"].update(image_size=16, shots=1, query_shots=2, test_episodes=TEST_EPISODES,
-                                val_episodes=3)
+                                val_episodes=3, feedback_episodes=3)
         section["model"]["filters"] = 4
         section["maml"]["inner_steps"] = 1
         section["train"].update(iterations=2, meta_batch=2, log_every=1, checkpoint_every=1, val_tasks=2)
         section["eval"].update(inner_steps=2, chunk=4)
-    params["miniimagenet"]["tasks"]["ways"] = 3
+    params["miniimagenet"]["tasks"].update(ways=3, feedback_classes=3)
     return params
 
 
@@ -67,10 +67,12 @@ def test_every_method_is_trained_and_scored(project: Path, dataset: str):
 def test_pools_are_rgb_channels_first_at_the_asked_size(project: Path):
     mini = torch.load(project / "data/episodes/miniimagenet/pool.pt", weights_only=True)
     assert {s: tuple(p.shape) for s, p in mini["images"].items()} == {
-        s: (n, 3, 3, 16, 16) for s, n in MINI_CLASSES.items()}
+        "train": (6, 3, 3, 16, 16), "val": (3, 3, 3, 16, 16),
+        "feedback": (3, 3, 3, 16, 16), "test": (3, 3, 3, 16, 16)}  # the 6 test classes, split
     assert mini["groups"].shape == (2, 3)  # 6 training classes in fixed groups of 3 ways
     dclaw = torch.load(project / "data/episodes/dclaw/pool.pt", weights_only=True)
-    assert dclaw["classes"]["test"] == ["obj5_neg", "obj5_pos", "obj10_neg", "obj10_pos"]  # split 1
+    feedback, test = dclaw["classes"]["feedback"], dclaw["classes"]["test"]  # split 1: objects 5, 10
+    assert sorted([feedback, test]) == [["obj10_neg", "obj10_pos"], ["obj5_neg", "obj5_pos"]]
     assert dclaw["groups"].tolist() == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9], [10, 11]]
 
 

@@ -17,7 +17,8 @@ from noisymaml.methods import MAML, METHODS
 from noisymaml.methods import mr_maml_w as mr
 from noisymaml.pipeline.run import Run
 
-SETTINGS = {"mr_maml_w": {"beta": 0.01, "init_scale": 0.05}, "meta_aug": {"range": 2.0}}
+SETTINGS = {"mr_maml_w": {"beta": 0.01, "init_scale": 0.05, "variant": "feature_layers"},
+            "meta_aug": {"range": 2.0}}
 
 
 def method(name: str, **mr_settings) -> MAML:
@@ -227,7 +228,7 @@ def test_every_method_trains_on_the_same_sequence_of_tasks_as_maml(class_images,
 def test_method_names_parse_into_algorithm_and_noise(root):
     noisy = Run.from_params("sinusoid", "noisy_mr_maml_w", root / "params.yaml")
     assert (noisy.algorithm, noisy.noise.active) == ("mr_maml_w", True)
-    assert isinstance(noisy.method, METHODS["mr_maml_w"]) and noisy.method.beta == 0.001
+    assert isinstance(noisy.method, METHODS["mr_maml_w"]) and noisy.method.variant == "encoder"
     plain = Run.from_params("sinusoid", "maml", root / "params.yaml")
     assert type(plain.method) is MAML and not plain.noise.active
 
@@ -250,3 +251,43 @@ def test_noise_on_top_of_mr_maml_perturbs_only_what_the_inner_loop_adapts(sinuso
     assert set(noise) == {"net.2.weight", "net.2.bias"}
     summary = trainer.step(sinusoid)
     assert math.isfinite(summary["loss_post"])
+
+
+# --- MR-MAML(W), Yin et al.'s encoder variant -------------------------------------------------
+
+def encoded(spec: dict) -> tuple[torch.nn.Module, dict, MAML]:
+    chosen = method("mr_maml_w", variant="encoder")
+    model = build_model(chosen.model_spec(spec))
+    return model, chosen.initial_params(model, 0), chosen
+
+
+def test_encoder_variant_puts_a_stochastic_encoder_before_a_fully_adapted_maml_network():
+    spec = {"kind": "conv4", "in_channels": 1, "image_size": 28, "n_classes": 5, "filters": 8,
+            "downsample": "stride"}
+    model, params, chosen = encoded(spec)
+    assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 5)
+    kernels = set(mr.stochastic(params))
+    assert kernels == {n for n in params if n.startswith("encoder.") and n.endswith(".weight")}
+    assert len(kernels) == 4  # three convolutions and the dense layer to w (196 = 14 x 14)
+    adapted = chosen.inner_loop(InnerLoop(0.1, 1), params).adapted
+    network = {n for n in mr.posterior_mean(params) if n.startswith("net.")}
+    assert adapted == frozenset(network) and network  # the whole MAML network, no encoder weight
+
+
+def test_encoder_variant_kl_covers_the_encoder_kernels_only():
+    spec = {"kind": "mlp", "in_features": 7, "hidden": [8], "out_features": 1}
+    model, params, chosen = encoded(spec)
+    assert model.encoder[-1].out_features == 5  # Yin et al.'s sinusoid dim_w
+    kl = chosen.regulariser(params) / chosen.beta
+    expected = sum(kl_divergence(Normal(params[n], params[mr.LOG_SIGMA + n].exp()), Normal(0.0, 1.0)).sum()
+                   for n in ("encoder.0.weight", "encoder.2.weight"))
+    torch.testing.assert_close(kl, expected)
+
+
+def test_encoder_variant_trains_and_only_the_network_adapts(sinusoid):
+    spec = {"kind": "mlp", "in_features": sinusoid.input_size, "hidden": [8], "out_features": 1}
+    model, params, chosen = encoded(spec)
+    trainer = MetaTrainer(model, params, TrainerConfig(REGRESSION, InnerLoop(0.05, 2), chosen, 0.01, 3, 0,
+                                                       batched=False))
+    summary = trainer.step(sinusoid)
+    assert math.isfinite(summary["loss_post"]) and summary["regulariser"] > 0

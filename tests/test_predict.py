@@ -19,6 +19,7 @@ from noisymaml.cli import main
 from noisymaml.core.models import build_model, init_params, save_model
 from noisymaml.datasets import omniglot
 from noisymaml.errors import DataError
+from noisymaml.methods import METHODS
 
 CLASSES = ["bar", "ring", "slash"]
 SPEC = {"kind": "conv4", "in_channels": 1, "image_size": 28, "n_classes": 3, "filters": 8,
@@ -46,11 +47,22 @@ def save(image: Image.Image, path: Path) -> Path:
     return path
 
 
+INFO = {"algorithm": "maml", "algorithm_settings": {},
+        "meta_test": {"inner_lr": 0.1, "inner_steps": 5, "first_order": True},
+        "inputs": {"image_size": 28, "channels": 1, "colour": "grey_inverted", "query_batch": 3}}
+
+
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory) -> Path:
     model = build_model(SPEC)
     path = tmp_path_factory.mktemp("model") / "maml.pt"
-    save_model(path, SPEC, init_params(model, seed=0), {"method": "maml"})
+    save_model(path, SPEC, init_params(model, seed=0), INFO)
+    return path
+
+
+def model_with(tmp_path: Path, spec: dict = SPEC, **info) -> Path:
+    path = tmp_path / "model.pt"
+    save_model(path, spec, init_params(build_model(spec), seed=0), {**INFO, **info})
     return path
 
 
@@ -129,9 +141,11 @@ def test_query_class_folders_give_accuracy(tmp_path, model_file, support):
     assert "accuracy " in result.stdout and "/6)" in result.stdout
 
 
-def test_adaptation_learns_the_support_set(tmp_path, model_file, support):
+def test_adaptation_learns_the_support_set(tmp_path, support):
     """With enough steps, an untrained network fits the 3 shapes: the support images, used as
-    query, come out with their own classes (which the unadapted network does not manage)."""
+    query (one episode of 3 ways x 3 query shots), come out with their own classes (which the
+    unadapted network does not manage)."""
+    model_file = model_with(tmp_path, inputs={**INFO["inputs"], "query_batch": 9})
     result, rows = run(tmp_path, model_file, support, support, "--steps", "20", "--inner-lr", "0.5")
     assert result.exit_code == 0, result.output
     assert len(rows) == 9
@@ -195,6 +209,42 @@ def test_transparent_background_reads_as_white_paper(tmp_path):
     save(strokes, tmp_path / "transparent.png")
     np.testing.assert_array_equal(predict.read_image(tmp_path / "transparent.png", 28),
                                   predict.read_image(paper, 28))
+
+
+def test_the_models_own_inner_loop_is_used_unless_overridden(tmp_path, support, query):
+    stored_zero = model_with(tmp_path, meta_test={"inner_lr": 0.1, "inner_steps": 0, "first_order": True})
+    _, by_file = run(tmp_path, stored_zero, support, query)
+    _, by_flag = run(tmp_path, stored_zero, support, query, "--steps", "0")
+    _, overridden = run(tmp_path, stored_zero, support, query, "--steps", "5")
+    assert by_file == by_flag and by_file != overridden
+
+
+def test_a_model_that_does_not_say_how_it_adapts_needs_the_flags(tmp_path, support, query):
+    legacy = tmp_path / "legacy.pt"
+    save_model(legacy, SPEC, init_params(build_model(SPEC), seed=0), {"method": "maml"})
+    assert_clean_error(run(tmp_path, legacy, support, query)[0], "--steps and --inner-lr")
+    result, rows = run(tmp_path, legacy, support, query, "--steps", "5", "--inner-lr", "0.1")
+    assert result.exit_code == 0 and len(rows) == 6
+
+
+def test_rgb_models_read_rgb_images_without_inversion(tmp_path, support, query):
+    spec = {**SPEC, "in_channels": 3}
+    rgb_model = model_with(tmp_path, spec, inputs={**INFO["inputs"], "channels": 3, "colour": "rgb"})
+    result, rows = run(tmp_path, rgb_model, support, query)
+    assert result.exit_code == 0, result.output
+    assert len(rows) == 6
+    red = save(Image.new("RGB", (28, 28), (255, 0, 0)), tmp_path / "red.png")
+    assert predict.read_image(red, 28, "rgb")[0, 0].tolist() == [255, 0, 0]
+
+
+def test_a_prediction_does_not_depend_on_how_many_files_the_folder_holds(tmp_path, model_file, support,
+                                                                          query):
+    """Query images go through in batches of one evaluation episode (here 3), in sorted order."""
+    _, alone = run(tmp_path, model_file, support, query)
+    for i in range(4):  # more files, sorted after the others: the first batches are unchanged
+        save(draw("ring", 50, i), query / f"zz_extra_{i}.png")
+    _, crowded = run(tmp_path, model_file, support, query)
+    assert crowded[:6] == alone
 
 
 # --- errors: one message, exit status 2 ------------------------------------------------------
@@ -307,3 +357,18 @@ def test_library_refuses_bad_inner_settings():
         predict.check_inner(5, float("nan"))
     with pytest.raises(DataError, match="steps"):
         predict.check_inner(-1, 0.1)
+
+
+@pytest.mark.parametrize("variant", ["encoder", "feature_layers"])
+def test_mr_maml_w_models_predict_from_the_posterior_mean(tmp_path, support, query, variant):
+    """Its file holds log sigmas besides the network (and, for the encoder variant, an encoder
+    in front of it): predict adapts from the posterior mean, the deterministic layers only."""
+    settings = {"beta": 1e-3, "init_scale": 0.05, "variant": variant}
+    chosen = METHODS["mr_maml_w"](**settings)
+    spec = chosen.model_spec(SPEC)
+    path = tmp_path / "mr.pt"
+    save_model(path, spec, chosen.initial_params(build_model(spec), 0),
+               {**INFO, "algorithm": "mr_maml_w", "algorithm_settings": settings})
+    result, rows = run(tmp_path, path, support, query)
+    assert result.exit_code == 0, result.output
+    assert len(rows) == 6

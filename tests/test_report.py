@@ -144,7 +144,8 @@ def test_report_states_settings(written):
     assert f"sinusoid {params['sinusoid']['train']['iterations']}" in report
     assert "sigma = 0.25" in report and f"noise.where = {params['noise']['where']}" in report
     assert f"{feedback['iterations']} extra iterations" in report
-    assert f"first {feedback['tasks']} test tasks" in report
+    assert f"{feedback['tasks']} feedback tasks" in report
+    assert "Yin et al.'s encoder variant" in report  # which MR-MAML(W) ran
 
 
 def test_missing_method_is_reported_not_tabled(written):

@@ -11,11 +11,13 @@ from noisymaml.core.tasks import (
     ClassificationTaskSource,
     EpisodeSet,
     TaskBatch,
+    class_pairs,
     nme_groups,
     random_drawers,
     standard_episodes,
 )
 from noisymaml.datasets.sinusoid import SinusoidNME, SinusoidTasks
+from noisymaml.pipeline.params import read_params
 
 N_CLASSES, DRAWERS, WAYS, SHOTS, QUERY = 12, 6, 3, 2, 3
 
@@ -246,3 +248,32 @@ def test_sinusoid_test_tasks_have_continuous_amplitudes_and_misleading_bins():
     grid_distance = (amplitude[:, None] - problem.amplitudes()[None]).abs().min(1).values
     assert (grid_distance > 1e-3).float().mean() > 0.9  # not on the bin grid
     assert amplitude.std() > 0.5  # spread over the range
+
+
+def test_yin_grid_protocol_puts_evenly_spaced_query_inputs_in_every_test_task():
+    grid = SinusoidNME(spec(test_inputs="grid", test_query=200)).test_tasks(3, torch.Generator().manual_seed(0))
+    expected = torch.linspace(-4.5, 4.5, 200)
+    for task in range(3):
+        torch.testing.assert_close(grid.query_x[task, :, 0], expected)
+    uniform = SinusoidNME(spec(test_query=200)).test_tasks(3, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(grid.support_x, uniform.support_x)  # the support points are unchanged
+
+
+def test_sixteen_of_twenty_amplitude_bins_train_as_in_yin_et_al(root):
+    """Yin et al.'s notebook draws the training bin with randint(0, K_amp - 5), inclusive."""
+    tasks = read_params(root / "params.yaml")["sinusoid"]["tasks"]
+    bins = SinusoidNME(spec(bins=tasks["bins"], train_bins=tasks["train_bins"]))._training_bins(
+        5000, torch.Generator().manual_seed(0))
+    assert bins.unique().tolist() == list(range(16))
+
+
+def test_dclaw_intershuffle_pairs_any_two_object_classes_as_rajendran_et_al(class_images):
+    """Rajendran et al.'s data_generator.py trains intershuffle with random.sample over every
+    object folder: a task may pair one object's neg with another's pos, or two negatives."""
+    pool = class_images(6, 4)  # three objects: classes (0, 1), (2, 3), (4, 5)
+    source = ClassificationTaskSource(pool, class_pairs(6), "intershuffle", 2, 1, 1)
+    pairs = {tuple(sorted(c)) for c in source.classes(300, torch.Generator().manual_seed(0)).tolist()}
+    assert pairs - {(0, 1), (2, 3), (4, 5)}
+    fixed = ClassificationTaskSource(pool, class_pairs(6), "intrashuffle", 2, 1, 1)
+    assert {tuple(sorted(c)) for c in fixed.classes(300, torch.Generator().manual_seed(0)).tolist()} == {
+        (0, 1), (2, 3), (4, 5)}

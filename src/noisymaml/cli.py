@@ -29,27 +29,29 @@ def main() -> None:
 @click.option("--query", "query_dir", required=True, type=click.Path(path_type=Path),
               help="Folder of images to classify, directly in it or in sub-folders named like the "
                    "support classes (then the accuracy is printed).")
-@click.option("--steps", default=5, show_default=True, type=click.IntRange(min=0),
-              help="Gradient steps of adaptation on the support set.")
-@click.option("--inner-lr", default=0.1, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="Learning rate of the adaptation steps.")
+@click.option("--steps", default=None, type=click.IntRange(min=0),
+              help="Gradient steps of adaptation on the support set [default: as the model's evaluation].")
+@click.option("--inner-lr", default=None, type=click.FloatRange(min=0, min_open=True),
+              help="Learning rate of the adaptation steps [default: as the model's evaluation].")
 @click.option("--output", default=Path("predictions.csv"), show_default=True,
               type=click.Path(dir_okay=False, path_type=Path),
               help="CSV to write: file (relative to --query), predicted_class, probability.")
 @stage
-def predict(model_file: Path, support_dir: Path, query_dir: Path, steps: int, inner_lr: float,
-            output: Path) -> None:
-    """Adapt a meta-trained model to a labelled support set, then classify the query images.
+def predict(model_file: Path, support_dir: Path, query_dir: Path, steps: int | None,
+            inner_lr: float | None, output: Path) -> None:
+    """Adapt a meta-trained model to a labelled support set, then classify the query images,
+    exactly as the evaluate stage adapts (method, inner loop and image handling come from the
+    model file).
 
-    Images of any size and format PIL reads are converted as in training: grey, resized to
-    the model's image size (LANCZOS), inverted so that dark strokes on light paper become
-    bright. Unreadable query images are reported and skipped; an unreadable support image
-    stops the command.
+    Images of any size and format PIL reads are converted as in training: for Omniglot models
+    grey, resized to the model's image size (LANCZOS), inverted so that dark strokes on light
+    paper become bright; for RGB models (MiniImageNet, D'Claw) RGB, resized. Unreadable query
+    images are reported and skipped; an unreadable support image stops the command.
 
     Note: the network normalises with batch statistics (batch norm without running
     statistics, as in MAML's transductive evaluation), so a query image's prediction depends
-    on the other query images: all of them are classified together (in near-equal batches
-    of at most 1000). Predicting a single image, or a different set, can change the results.
+    on the other images of its batch: query images go through in sorted order, in batches
+    of one evaluation episode's query set (ways x query shots).
 
     Runs on CUDA when available, else on the CPU.
     """

@@ -5,21 +5,25 @@ The steps of `noisymaml predict`, as small functions usable from notebooks and t
     classifier = load_classifier(model_file, device)
     support = load_support(support_dir, classifier)            # x, y and the class names
     items = find_query(query_dir, support.classes)             # files (+ labels from class folders)
-    query = load_query(items, classifier.image_size, device)   # unreadable files are skipped
-    params = adapt_to_support(classifier, support, steps, inner_lr)
+    query = load_query(items, classifier, device)             # unreadable files are skipped
+    params = adapt_to_support(classifier, support, steps, inner_lr)  # None: the model's own
     probs = predict_probs(classifier, params, query.x)
     rows = prediction_rows(query.items, probs, support.classes)
 
 `predict_folders` runs all of them; `write_predictions` writes the CSV.
 
-Images are converted as the Omniglot training images (`datasets.imagefiles.grey`): grey ("L"),
-resized to the model's image size with LANCZOS, inverted (255 - pixel, strokes bright), /255.
-Only two things happen before that, both no-ops for the training PNGs: an EXIF orientation
-tag is applied, and a transparent background is laid on white paper.
+Everything meta-test did is read from the model file, so predict adapts exactly as the
+evaluate stage: the method (MR-MAML(W) adapts from the posterior mean and only its
+deterministic layers), the inner loop (steps, learning rate; the command line may override),
+and the inputs: images are converted as the dataset's training images (`datasets.imagefiles`):
+Omniglot grey ("L"), LANCZOS-resized, inverted (strokes bright); MiniImageNet and D'Claw RGB,
+LANCZOS-resized. Only two things happen before that, both no-ops for training files: an EXIF
+orientation tag is applied, and a transparent background is laid on white paper.
 
 The Conv-4 normalises with batch statistics (as MAML does), so a prediction depends on the
-other images of its batch: all query images go through together, in near-equal chunks of at
-most `max_batch` when there are more.
+other images of its batch: query images go through in batches of the size evaluation used
+(one episode's query set, ways x query shots), in sorted order, so a prediction does not
+depend on how many files the folder holds.
 """
 
 from __future__ import annotations
@@ -39,10 +43,10 @@ from noisymaml.core import Params
 from noisymaml.core.files import load_file
 from noisymaml.core.maml import CLASSIFICATION, InnerLoop, adapt, make_forward
 from noisymaml.core.models import load_model
-from noisymaml.datasets.imagefiles import grey
+from noisymaml.datasets.imagefiles import grey, rgb
 from noisymaml.errors import DataError, NoisyMamlError
+from noisymaml.methods import MAML, METHODS
 
-MAX_BATCH = 1000  # query images normalised together (batch-norm statistics) per forward pass
 CSV_COLUMNS = ("file", "predicted_class", "probability")
 
 
@@ -60,20 +64,29 @@ def image_suffixes() -> frozenset[str]:
 
 @dataclass
 class Classifier:
-    """A meta-trained Conv-4 image classifier and its meta-parameters."""
+    """A meta-trained Conv-4 image classifier, its meta-parameters and how meta-test used it."""
 
     model: torch.nn.Module
     params: Params
     spec: dict
     path: Path
+    method: MAML  # the trained method's hooks (which layers adapt, which weights to adapt from)
+    inner: InnerLoop | None  # meta-test's inner loop, None when the file does not say
+    colour: str  # grey_inverted | rgb
+    query_batch: int  # query images normalised together, as in one evaluation episode
 
     @property
     def image_size(self) -> int:
-        return self.spec["image_size"]
+        return image_spec(self.spec)["image_size"]
 
     @property
     def n_classes(self) -> int:
-        return self.spec["n_classes"]
+        return image_spec(self.spec)["n_classes"]
+
+
+def image_spec(spec: dict) -> dict:
+    """The image network's spec, also when a method put an encoder in front (MR-MAML(W))."""
+    return spec["base"] if spec.get("kind") == "encoded" and isinstance(spec.get("base"), dict) else spec
 
 
 def load_classifier(path: Path, device: torch.device | str = "cpu") -> Classifier:
@@ -101,7 +114,31 @@ def load_classifier(path: Path, device: torch.device | str = "cpu") -> Classifie
         if not params[name].is_floating_point():
             raise DataError(f"{path}: parameter {name} is not a floating-point tensor")
     params = {name: p.float() for name, p in params.items()}
-    return Classifier(model, params, spec, path)
+    info = _load_plain(path).get("info") or {}
+    return Classifier(model, params, spec, path, _method(path, info), _inner(info),
+                      info.get("inputs", {}).get("colour", _default_colour(spec)),
+                      info.get("inputs", {}).get("query_batch", image_spec(spec)["n_classes"]))
+
+
+def _default_colour(spec: dict) -> str:
+    """For model files that do not say: grey and inverted (Omniglot) for 1 channel, else RGB."""
+    return "grey_inverted" if image_spec(spec)["in_channels"] == 1 else "rgb"
+
+
+def _method(path: Path, info: dict) -> MAML:
+    """The method the model was trained with (plain MAML for files that do not say)."""
+    name = info.get("algorithm", "maml")
+    if name not in METHODS:
+        raise DataError(f"{path}: trained with the method {name!r}, which this noisymaml does not know "
+                        f"({', '.join(METHODS)})")
+    return METHODS[name](**info.get("algorithm_settings", {}))
+
+
+def _inner(info: dict) -> InnerLoop | None:
+    meta_test = info.get("meta_test")
+    if not meta_test:
+        return None
+    return InnerLoop(meta_test["inner_lr"], meta_test["inner_steps"], meta_test["first_order"])
 
 
 def _load_plain(path: Path):
@@ -122,6 +159,7 @@ def _check_spec(path: Path, saved) -> None:
     spec = saved["spec"]
     if not isinstance(spec, dict) or "kind" not in spec:
         raise DataError(f"{path}: not a noisymaml model file (its spec is not a model spec)")
+    spec = image_spec(spec)
     if spec["kind"] != "conv4":
         raise DataError(f"{path}: a model of kind {spec['kind']!r}, not an image classifier; "
                         "predict needs a Conv-4 model (kind 'conv4', e.g. from the omniglot stages)")
@@ -129,9 +167,9 @@ def _check_spec(path: Path, saved) -> None:
         value = spec.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise DataError(f"{path}: model spec has {key} = {value!r}; expected a positive integer")
-    if spec["in_channels"] != 1:
+    if spec["in_channels"] not in (1, 3):
         raise DataError(f"{path}: the model takes {spec['in_channels']}-channel images; "
-                        "predict converts images to grey (1 channel) as in training")
+                        "predict reads grey (1 channel) or RGB (3 channels) images")
 
 
 # --- image files ------------------------------------------------------------------------------
@@ -148,8 +186,9 @@ def list_images(folder: Path, recursive: bool = True) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
 
 
-def read_image(path: Path, image_size: int) -> np.ndarray:
-    """One image as in training: uint8 [image_size, image_size], grey, LANCZOS, inverted.
+def read_image(path: Path, image_size: int, colour: str = "grey_inverted") -> np.ndarray:
+    """One image as in training: uint8 [S, S] grey, LANCZOS, inverted (grey_inverted), or
+    uint8 [S, S, 3] RGB, LANCZOS (rgb).
 
     PIL's decompression-bomb guard stays on (Image.MAX_IMAGE_PIXELS); images above it are
     refused (its warning is taken as an error). Raises ImageError naming the file.
@@ -162,7 +201,7 @@ def read_image(path: Path, image_size: int) -> np.ndarray:
                 if upright.has_transparency_data:  # transparent background -> white paper
                     rgba = upright.convert("RGBA")
                     upright = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
-                pixels = grey(upright, image_size)
+                pixels = grey(upright, image_size) if colour == "grey_inverted" else rgb(upright, image_size)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageError(f"{path}: image too large, refused as a possible decompression bomb ({err})") from None
     except Exception as err:  # PIL raises many types on broken files (OSError, SyntaxError, ...)
@@ -172,8 +211,11 @@ def read_image(path: Path, image_size: int) -> np.ndarray:
 
 
 def to_batch(images: list[np.ndarray], device: torch.device | str = "cpu") -> torch.Tensor:
-    """uint8 images -> float [N, 1, H, W] in [0, 1], as tasks.gather_tasks feeds the model."""
-    return torch.from_numpy(np.stack(images)).to(device).float().div_(255.0).unsqueeze(1)
+    """uint8 images [H, W] or [H, W, 3] -> float [N, C, H, W] in [0, 1], as tasks.gather_tasks
+    feeds the model."""
+    batch = torch.from_numpy(np.stack(images))
+    batch = batch.unsqueeze(1) if batch.dim() == 3 else batch.permute(0, 3, 1, 2)
+    return batch.to(device).float().div_(255.0)
 
 
 # --- support and query sets ------------------------------------------------------------------
@@ -182,7 +224,7 @@ def to_batch(images: list[np.ndarray], device: torch.device | str = "cpu") -> to
 class Support:
     classes: list[str]
     files: list[Path]
-    x: torch.Tensor  # [N, 1, S, S]
+    x: torch.Tensor  # [N, C, S, S]
     y: torch.Tensor  # [N] label = index of the class in `classes`
 
 
@@ -229,7 +271,7 @@ def load_support(folder: Path, classifier: Classifier,
     for label, paths in enumerate(classes.values()):
         for path in paths:
             try:
-                images.append(read_image(path, classifier.image_size))
+                images.append(read_image(path, classifier.image_size, classifier.colour))
             except ImageError as err:
                 raise DataError(f"support image {err}; fix or remove it (the adaptation needs "
                                 "every support image)") from None
@@ -272,12 +314,12 @@ class Query:
     skipped: list[str] = field(default_factory=list)  # one message per unreadable file
 
 
-def load_query(items: list[QueryItem], image_size: int, device: torch.device | str = "cpu") -> Query:
+def load_query(items: list[QueryItem], classifier: Classifier, device: torch.device | str = "cpu") -> Query:
     """Read the query images; unreadable ones are skipped with a message each."""
     kept, images, skipped = [], [], []
     for item in items:
         try:
-            images.append(read_image(item.path, image_size))
+            images.append(read_image(item.path, classifier.image_size, classifier.colour))
         except ImageError as err:
             skipped.append(str(err))
             continue
@@ -287,34 +329,48 @@ def load_query(items: list[QueryItem], image_size: int, device: torch.device | s
 
 # --- adaptation and prediction ---------------------------------------------------------------
 
-def check_inner(steps: int, inner_lr: float) -> None:
-    if not isinstance(steps, int) or steps < 0:
+def check_inner(steps: int | None, inner_lr: float | None) -> None:
+    if steps is not None and (not isinstance(steps, int) or steps < 0):
         raise DataError(f"--steps must be an integer >= 0, got {steps!r}")
-    if not math.isfinite(inner_lr) or inner_lr <= 0:
+    if inner_lr is not None and (not math.isfinite(inner_lr) or inner_lr <= 0):
         raise DataError(f"--inner-lr must be a positive number, got {inner_lr!r}")
 
 
-def adapt_to_support(classifier: Classifier, support: Support, steps: int, inner_lr: float) -> Params:
-    """`steps` plain gradient-descent steps on the support cross-entropy (MAML's inner loop)."""
+def meta_test_loop(classifier: Classifier, steps: int | None = None,
+                   inner_lr: float | None = None) -> InnerLoop:
+    """The model's meta-test inner loop, with the user's overrides; as the method runs it."""
     check_inner(steps, inner_lr)
+    stored = classifier.inner
+    if stored is None and (steps is None or inner_lr is None):
+        raise DataError(f"{classifier.path}: the model file does not say how meta-test adapted; "
+                        "give --steps and --inner-lr")
+    inner = InnerLoop(stored.lr if inner_lr is None else inner_lr,
+                      stored.steps if steps is None else steps,
+                      True if stored is None else stored.first_order)
+    return classifier.method.inner_loop(inner, classifier.params)
+
+
+def adapt_to_support(classifier: Classifier, support: Support, steps: int | None = None,
+                     inner_lr: float | None = None) -> Params:
+    """Meta-test's adaptation on the support set, as the evaluate stage runs it: the method's
+    starting weights (MR-MAML(W): the posterior mean) and adapted layers, the stored inner loop."""
+    inner = meta_test_loop(classifier, steps, inner_lr)
     forward = make_forward(classifier.model)
-    adapted = adapt(forward, CLASSIFICATION, classifier.params, support.x, support.y,
-                    InnerLoop(inner_lr, steps, first_order=True))
+    adapted = adapt(forward, CLASSIFICATION, classifier.method.evaluation_params(classifier.params),
+                    support.x, support.y, inner)
     adapted = {name: p.detach() for name, p in adapted.items()}
     if not all(torch.isfinite(p).all() for p in adapted.values()):
-        raise DataError(f"adaptation diverged (parameters became NaN/inf after {steps} steps at "
-                        f"inner lr {inner_lr}); use a smaller --inner-lr or fewer --steps")
+        raise DataError(f"adaptation diverged (parameters became NaN/inf after {inner.steps} steps at "
+                        f"inner lr {inner.lr}); use a smaller --inner-lr or fewer --steps")
     return adapted
 
 
-def predict_probs(classifier: Classifier, params: Params, x: torch.Tensor,
-                  max_batch: int = MAX_BATCH) -> torch.Tensor:
-    """Class probabilities [N, n_classes]. Batch norm uses the statistics of each forward batch,
-    so the images go through together, or in near-equal chunks of at most `max_batch`."""
+def predict_probs(classifier: Classifier, params: Params, x: torch.Tensor) -> torch.Tensor:
+    """Class probabilities [N, n_classes]. Batch norm uses the statistics of each forward batch:
+    the images go through in batches of one evaluation episode's query set, in order."""
     forward = make_forward(classifier.model)
-    chunks = torch.tensor_split(x, math.ceil(len(x) / max_batch))
     with torch.no_grad():
-        logits = torch.cat([forward(params, chunk) for chunk in chunks])
+        logits = torch.cat([forward(params, chunk) for chunk in x.split(classifier.query_batch)])
     if not torch.isfinite(logits).all():
         raise DataError(f"{classifier.path}: the model's outputs are NaN/inf; the model file is "
                         "broken or --inner-lr is too large")
@@ -357,19 +413,19 @@ class Result:
         return self.correct / len(self.labelled) if self.labelled else None
 
 
-def predict_folders(model_file: Path, support_dir: Path, query_dir: Path, steps: int = 5,
-                    inner_lr: float = 0.1, device: torch.device | str = "cpu",
-                    max_batch: int = MAX_BATCH) -> Result:
-    """The whole of `noisymaml predict` but writing: load, adapt to the support set, predict."""
+def predict_folders(model_file: Path, support_dir: Path, query_dir: Path, steps: int | None = None,
+                    inner_lr: float | None = None, device: torch.device | str = "cpu") -> Result:
+    """The whole of `noisymaml predict` but writing: load, adapt to the support set, predict.
+    `steps` and `inner_lr` override the model's meta-test inner loop (None: as in evaluation)."""
     check_inner(steps, inner_lr)
     classifier = load_classifier(model_file, device)
     support = load_support(support_dir, classifier, device)
-    query = load_query(find_query(query_dir, support.classes), classifier.image_size, device)
+    query = load_query(find_query(query_dir, support.classes), classifier, device)
     if query.x is None:
         raise DataError(f"--query {query_dir}: none of its {len(query.skipped)} image(s) could be read:\n"
                         + "\n".join(query.skipped))
     params = adapt_to_support(classifier, support, steps, inner_lr)
-    probs = predict_probs(classifier, params, query.x, max_batch)
+    probs = predict_probs(classifier, params, query.x)
     return Result(support.classes, prediction_rows(query.items, probs, support.classes),
                   query.skipped, len(support.files))
 

@@ -22,6 +22,7 @@ class LineTasks(Section):
     query: int = Field(ge=1)
     test_episodes: int = Field(ge=1)
     val_episodes: int = Field(ge=1)
+    feedback_episodes: int = Field(ge=1)
 
 
 class LineModel(Section):
@@ -62,14 +63,17 @@ class ToyLines(Dataset):
 
     def build_episodes(self, settings: LineSettings, seed: int, source: Path, fetch: FetchSettings,
                        out: Path) -> dict:
-        for split, count in (("val", settings.tasks.val_episodes), ("test", settings.tasks.test_episodes)):
+        tasks = settings.tasks
+        for split, count in (("val", tasks.val_episodes), ("feedback", tasks.feedback_episodes),
+                             ("test", tasks.test_episodes)):
             torch.save(Lines(settings.tasks).sample(count, seeded(seed, split)).as_dict(), out / f"{split}.pt")
         return {"test_episodes": settings.tasks.test_episodes}
 
     def load(self, settings: LineSettings, folder: Path, device: torch.device) -> TaskData:
-        val, test = (TaskBatch(**load_file(folder / f"{s}.pt")).to(device) for s in ("val", "test"))
+        val, feedback, test = (TaskBatch(**load_file(folder / f"{s}.pt")).to(device)
+                               for s in ("val", "feedback", "test"))
         spec = {"kind": "mlp", "in_features": 1, "hidden": settings.model.hidden, "out_features": 1}
-        return TaskData(Lines(settings.tasks), val, test, REGRESSION, spec)
+        return TaskData(Lines(settings.tasks), val, test, REGRESSION, spec, feedback)
 
 
 DATASET = ToyLines()

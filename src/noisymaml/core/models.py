@@ -6,6 +6,7 @@ rebuild the network and check the input shape without trusting pickled code.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -39,7 +40,7 @@ class MLP(nn.Module):
 
 def conv_block(n_in: int, n_out: int, downsample: str) -> nn.Sequential:
     """3x3 conv, batch norm on batch statistics (no running stats, as in MAML), ReLU, downsample."""
-    stride = 2 if downsample == "stride" else 1
+    stride = 2 if downsample == "stride" else 1  # maxpool / none: stride 1
     layers: list[nn.Module] = [
         nn.Conv2d(n_in, n_out, 3, stride=stride, padding=1),
         nn.BatchNorm2d(n_out, track_running_stats=False),
@@ -72,6 +73,62 @@ class Conv4(nn.Module):
         return _layers_of(self, [f"features.{i}" for i in range(4)])
 
 
+class EncodedNet(nn.Module):
+    """An encoder in front of a network that reads its output (Yin et al. 2020's MR-MAML(W)):
+    the encoder maps an input to a `dim_w`-vector w, the network maps w to the prediction.
+
+    For images the encoder is their conv stack (32, 48 filters at stride 2, max-pool, 64 at
+    stride 2, dense to dim_w) and w, reshaped to a sqrt(dim_w)^2 one-channel image, goes through
+    four stride-1 conv blocks, a spatial mean and a linear head; for vectors the encoder is one
+    hidden layer of 100 ReLU units and the network the dataset's MLP on w.
+    """
+
+    def __init__(self, base: dict, dim_w: int):
+        super().__init__()
+        self.encoder = (_image_encoder(base, dim_w) if base["kind"] == "conv4"
+                        else nn.Sequential(nn.Linear(base["in_features"], 100), nn.ReLU(), nn.Linear(100, dim_w)))
+        self.net = (_w_conv_net(base, dim_w) if base["kind"] == "conv4"
+                    else MLP(dim_w, base["hidden"], base["out_features"]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.encoder(x))
+
+    def encoder_kernels(self) -> list[str]:
+        """The encoder's weight tensors (conv and dense kernels, no biases)."""
+        return [f"encoder.{name}.weight" for name, module in self.encoder.named_children()
+                if isinstance(module, (nn.Conv2d, nn.Linear))]
+
+
+class _Unflatten(nn.Module):
+    """w [B, side^2] -> a one-channel image [B, 1, side, side]."""
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        side = math.isqrt(w.shape[-1])
+        return w.view(-1, 1, side, side)
+
+
+class _SpatialMean(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(-2, -1))
+
+
+def _image_encoder(base: dict, dim_w: int) -> nn.Sequential:
+    layers = nn.Sequential(nn.Conv2d(base["in_channels"], 32, 3, stride=2, padding=1), nn.ReLU(),
+                           nn.Conv2d(32, 48, 3, stride=2, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                           nn.Conv2d(48, 64, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten())
+    with torch.no_grad():
+        size = layers(torch.zeros(2, base["in_channels"], base["image_size"], base["image_size"])).shape[1]
+    return nn.Sequential(*layers, nn.Linear(size, dim_w))
+
+
+def _w_conv_net(base: dict, dim_w: int) -> nn.Sequential:
+    if math.isqrt(dim_w) ** 2 != dim_w:
+        raise ValueError(f"dim_w is {dim_w}; an image encoder needs a square number (e.g. 196 = 14 x 14)")
+    filters = base["filters"]
+    blocks = [conv_block(1 if i == 0 else filters, filters, "none") for i in range(4)]
+    return nn.Sequential(_Unflatten(), *blocks, _SpatialMean(), nn.Linear(filters, base["n_classes"]))
+
+
 def _layers_of(model: nn.Module, prefixes: list[str]) -> list[list[str]]:
     names = [name for name, _ in model.named_parameters()]
     return [[n for n in names if n.startswith(prefix + ".")] for prefix in prefixes]
@@ -85,6 +142,8 @@ def build_model(spec: dict) -> nn.Module:
         return MLP(**args)
     if kind == "conv4":
         return Conv4(**args)
+    if kind == "encoded":
+        return EncodedNet(**args)
     raise ValueError(f"unknown model kind {kind!r}")
 
 

@@ -7,7 +7,9 @@ Training task modes (Rajendran et al. 2020, Yin et al. 2020):
 - ``intershuffle``: standard mutually-exclusive sampling (random classes, random labels).
 
 D'Claw's tasks are fixed too: each object's (neg, pos) classes form one group (`class_pairs`),
-and its validation and test episodes are groups of their split (`grouped_episodes`).
+and its validation and test episodes are groups of their split (`grouped_episodes`). Its
+intershuffle training tasks are any two classes, e.g. one object's neg with another's pos or
+two negatives, as in Rajendran et al.'s data_generator.py (random.sample over every folder).
 
 Images stay on the device as one uint8 array [classes, drawers, channels, H, W]; a task is a set
 of indices into it, so sampling does no decoding and no per-image Python work.

@@ -136,6 +136,10 @@ class Dataset:
         """How inputs reach the network (stored in model files for `noisymaml predict`)."""
         return {}
 
+    def protocol(self, settings: Section) -> str:
+        """One sentence on how test tasks are scored, for the report ("" when nothing to add)."""
+        return ""
+
     def chance(self, settings: Section) -> float | None:
         """The score of guessing (1/ways for classification); None where there is none."""
         ways = getattr(settings.tasks, "ways", None)

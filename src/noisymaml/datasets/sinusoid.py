@@ -10,7 +10,7 @@ the input misleads, and only adaptation to the support set can give a low error.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -47,6 +47,7 @@ class SinusoidTasks(Section):
     test_episodes: int = Field(ge=1)
     val_episodes: int = Field(ge=1)
     feedback_episodes: int = Field(ge=1)  # drawn like test tasks, from a stream of their own
+    test_inputs: Literal["uniform", "grid"] = "uniform"  # grid: Yin et al.'s evenly spaced query x
 
     @model_validator(mode="after")
     def _relations(self):
@@ -92,18 +93,28 @@ class SinusoidNME:
         spec = self.spec
         amplitude = spec.amp_min + (spec.amp_max - spec.amp_min) * torch.rand(
             n_tasks, generator=generator, device=generator.device)
-        return self._tasks(bins, amplitude, spec.test_support, spec.test_query, generator)
+        grid = self._grid(spec.test_query, generator.device) if spec.test_inputs == "grid" else None
+        return self._tasks(bins, amplitude, spec.test_support, spec.test_query, generator, grid)
+
+    @staticmethod
+    def _grid(points: int, device: torch.device) -> torch.Tensor:
+        """Yin et al.'s query inputs: `points` evenly spaced x in [-4.5, 4.5] (their notebook's
+        equally_spaced_samples), the same for every task."""
+        return torch.linspace(-4.5, 4.5, points, device=device).view(1, -1, 1)
 
     def _training_bins(self, n_tasks: int, generator: torch.Generator) -> torch.Tensor:
         return torch.randint(0, self.spec.train_bins, (n_tasks,), generator=generator,
                              device=generator.device)
 
     def _tasks(self, bins: torch.Tensor, amplitude: torch.Tensor, support: int, query: int,
-               generator: torch.Generator) -> TaskBatch:
+               generator: torch.Generator, query_x: torch.Tensor | None = None) -> TaskBatch:
+        """Support and query sets; `query_x` [1, query, 1] replaces the drawn query inputs."""
         n_tasks, n_points = bins.shape[0], support + query
         device = generator.device
         x = (torch.rand(n_tasks, n_points, 1, generator=generator, device=device) * 2 - 1) \
             * self.spec.x_range
+        if query_x is not None:
+            x = torch.cat([x[:, :support], query_x.expand(n_tasks, query, 1)], dim=1)
         noise = torch.randn(n_tasks, n_points, 1, generator=generator, device=device)
         y = amplitude.view(-1, 1, 1) * torch.sin(x) + self.spec.label_noise * noise
         one_hot = torch.nn.functional.one_hot(bins, self.spec.bins).float()
@@ -129,6 +140,15 @@ class Sinusoid(Dataset):
             episodes = problem.test_tasks(count, seeded(seed, f"sinusoid/{split}"))
             torch.save(episodes.as_dict(), out / f"{split}.pt")
         return {"episodes": counts}
+
+    def protocol(self, settings: SinusoidSettings) -> str:
+        tasks, steps = settings.tasks, settings.eval.inner_steps
+        inputs = (f"{tasks.test_query} evenly spaced query x in [-4.5, 4.5] (Yin et al. 2020's grid)"
+                  if tasks.test_inputs == "grid" else
+                  f"{tasks.test_query} query x uniform in [-{tasks.x_range:g}, {tasks.x_range:g}]")
+        return (f"Test protocol: {tasks.test_support} support points, {inputs}, {steps} adaptation "
+                f"steps (Yin et al. 2020: 5 points, the grid, 100 steps: `test_inputs: grid`, "
+                "`eval.inner_steps: 100`).")
 
     def load(self, settings: SinusoidSettings, folder: Path, device: torch.device) -> TaskData:
         problem = SinusoidNME(settings.tasks)

@@ -25,6 +25,10 @@ class MAML:
     Settings = NoSettings  # the schema of `algorithms.<name>`; its fields are __init__'s arguments
     regularised = False  # whether `regulariser` adds a term to the outer loss
 
+    def model_spec(self, spec: dict) -> dict:
+        """The network this method trains, from the dataset's (a method may wrap it)."""
+        return spec
+
     def initial_params(self, model: nn.Module, seed: int) -> Params:
         """The meta-parameters training starts from."""
         return init_params(model, seed)
@@ -54,6 +58,10 @@ class MAML:
     def evaluation_params(self, params: Params) -> Params:
         """The network weights meta-test adapts from."""
         return params
+
+    def describe(self) -> str:
+        """A line for the report's settings: what ran, with which settings ("" for none)."""
+        return ""
 
 
 METHOD = MAML

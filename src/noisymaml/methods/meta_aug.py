@@ -49,6 +49,10 @@ class MetaAugmentation(MAML):
     def __init__(self, range: float):
         self.range = range
 
+    def describe(self) -> str:
+        return ("meta-augmentation: labels permuted per task (classification), targets shifted by "
+                f"U(-{self.range:g}, {self.range:g}) per task (regression)")
+
     def augment(self, tasks: TaskBatch, classification: bool, ways: int,
                 generator: torch.Generator) -> TaskBatch:
         if classification:

@@ -1,13 +1,26 @@
 """Meta-regularisation on weights, MR-MAML(W) (Yin et al. 2020, "Meta-Learning without Memorization").
 
-The chosen feature layers become a mean-field Gaussian posterior q(theta) = N(mu, sigma^2):
-every task draws one sample by reparameterisation (theta = mu + sigma * eps), those weights are
-not adapted in the inner loop, and the outer loss adds beta * KL(q(theta) || N(0, I)). The
-information the stochastic weights can carry about the training tasks is thereby bounded, so
-the model must use the support set instead of memorising the tasks.
+Some weights become a mean-field Gaussian posterior q(theta) = N(mu, sigma^2): every task draws
+one sample by reparameterisation (theta = mu + sigma * eps), those weights are not adapted in
+the inner loop, and the outer loss adds beta * KL(q(theta) || N(0, I)). The information the
+stochastic weights can carry about the training tasks is thereby bounded, so the model must
+use the support set instead of memorising the tasks.
+
+Two variants (`algorithms.mr_maml_w.variant`):
+- `encoder` (the default, as Yin et al.'s released code builds it: google-research,
+  meta_learning_without_memorization, pose_code/maml_bbb.py and sinusoid/MR_MAML.ipynb): a
+  separate encoder (`core.models.EncodedNet`) in front of the MAML network; the encoder's
+  kernels are stochastic, its biases deterministic, the encoder is never adapted, the MAML
+  network is adapted whole, and the KL covers the encoder kernels only. Differences from their
+  code: sigma = exp(log sigma) here (softplus there); one weight sample per task, shared by its
+  support and query (one per meta-batch and per half there); the posterior mean at meta-test
+  (a sample there), so that evaluation and `noisymaml predict` are deterministic.
+- `feature_layers`: the first `stochastic_layers` feature layers of the dataset's own network
+  (weights, biases and batch-norm scales) are stochastic and unadapted; only the rest (the
+  head) adapts, close to ANIL.
 
 The meta-parameters hold mu under the network's own parameter names and log sigma under
-`LOG_SIGMA + name`; at meta-test the network uses the posterior mean.
+`LOG_SIGMA + name`.
 """
 
 from __future__ import annotations
@@ -26,6 +39,8 @@ from noisymaml.methods.maml import MAML
 from noisymaml.settings import Section
 
 LOG_SIGMA = "log_sigma/"
+ENCODER = "encoder."  # parameter names of EncodedNet's encoder
+DIM_W = {"conv4": 196, "mlp": 5}  # Yin et al.: 14 x 14 for images, 5 for the sinusoid
 
 
 def stochastic_names(layers: list[list[str]], count: int | str) -> list[str]:
@@ -54,9 +69,13 @@ def posterior_mean(params: Params) -> Params:
 
 
 def adapted_names(params: Params) -> frozenset[str]:
-    """What the inner loop adapts: every network weight that is not stochastic."""
+    """What the inner loop adapts: the MAML network of an encoded model, else every network
+    weight that is not stochastic."""
+    weights = posterior_mean(params)
+    if any(name.startswith(ENCODER) for name in weights):
+        return frozenset(k for k in weights if not k.startswith(ENCODER))
     sampled = set(stochastic(params))
-    return frozenset(k for k in posterior_mean(params) if k not in sampled)
+    return frozenset(k for k in weights if k not in sampled)
 
 
 def draw_noise(params: Params, n_tasks: int, generator: torch.Generator) -> Params:
@@ -83,27 +102,37 @@ def kl_to_standard_normal(params: Params) -> torch.Tensor:
 
 
 class MrMamlSettings(Section):
-    """`algorithms.mr_maml_w`: stochastic feature weights, beta * KL(q || N(0, I))."""
+    """`algorithms.mr_maml_w`: stochastic weights, beta * KL(q || N(0, I))."""
 
+    variant: Literal["encoder", "feature_layers"] = "encoder"
     beta: float = Field(ge=0)
     init_scale: float = Field(gt=0)  # initial posterior std of every stochastic weight
-    stochastic_layers: Literal["all"] | Annotated[int, Field(ge=1)] = "all"  # first N feature layers
+    dim_w: Annotated[int, Field(ge=1)] | None = None  # encoder output (None: 196 images, 5 vectors)
+    stochastic_layers: Literal["all"] | Annotated[int, Field(ge=1)] = "all"  # feature_layers variant
 
 
 class MRMAMLW(MAML):
-    """MR-MAML(W): a mean-field Gaussian posterior over the first feature layers, sampled per
-    task, left unadapted by the inner loop, with beta * KL to N(0, I) in the outer loss."""
+    """MR-MAML(W): a mean-field Gaussian posterior over some weights, sampled per task, left
+    unadapted by the inner loop, with beta * KL to N(0, I) in the outer loss."""
 
     name = "mr_maml_w"
     label = "MR-MAML(W)"
     Settings = MrMamlSettings
     regularised = True
 
-    def __init__(self, beta: float, init_scale: float, stochastic_layers: int | str = "all"):
-        self.beta, self.init_scale, self.stochastic_layers = beta, init_scale, stochastic_layers
+    def __init__(self, beta: float, init_scale: float, variant: str = "encoder", dim_w: int | None = None,
+                 stochastic_layers: int | str = "all"):
+        self.beta, self.init_scale, self.variant = beta, init_scale, variant
+        self.dim_w, self.stochastic_layers = dim_w, stochastic_layers
+
+    def model_spec(self, spec: dict) -> dict:
+        if self.variant != "encoder":
+            return spec
+        return {"kind": "encoded", "base": spec, "dim_w": self.dim_w or DIM_W[spec["kind"]]}
 
     def initial_params(self, model: nn.Module, seed: int) -> Params:
-        names = stochastic_names(model.feature_layers(), self.stochastic_layers)
+        names = (model.encoder_kernels() if self.variant == "encoder" else
+                 stochastic_names(model.feature_layers(), self.stochastic_layers))
         return with_posterior(super().initial_params(model, seed), names, self.init_scale)
 
     def inner_loop(self, inner: InnerLoop, params: Params) -> InnerLoop:
@@ -122,6 +151,16 @@ class MRMAMLW(MAML):
     def evaluation_params(self, params: Params) -> Params:
         """The posterior mean."""
         return posterior_mean(params)
+
+    def describe(self) -> str:
+        """One line for the report: which variant ran, with its settings."""
+        if self.variant == "encoder":
+            return (f"MR-MAML(W), Yin et al.'s encoder variant: stochastic encoder (dim_w "
+                    f"{self.dim_w or 'default'}) in front of a fully adapted MAML network, KL on the "
+                    f"encoder kernels, beta = {self.beta:g}, initial posterior std {self.init_scale:g}")
+        return (f"MR-MAML(W), feature-layer variant: stochastic feature layers "
+                f"{self.stochastic_layers}, head adapted only, beta = {self.beta:g}, initial posterior "
+                f"std {self.init_scale:g}")
 
 
 METHOD = MRMAMLW

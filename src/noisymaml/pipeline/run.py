@@ -18,7 +18,7 @@ from noisymaml.core.evaluation import capture_gradients, evaluate
 from noisymaml.core.files import load_file, save_atomic
 from noisymaml.core.maml import Forward, InnerLoop, make_forward
 from noisymaml.core.metrics import MEMORISATION_TASKS, summarise
-from noisymaml.core.models import load_model
+from noisymaml.core.models import build_model, load_model
 from noisymaml.core.noise import GradientNoise
 from noisymaml.core.tasks import seeded
 from noisymaml.core.training import Checkpoint, MetaTrainer, TrainerConfig, Weigher, fingerprint, train
@@ -120,10 +120,13 @@ class Run:
                              train_cfg.meta_batch, seed, self.device, self.noise, self.batched,
                              train_cfg.meta_grad_clip, self.autocast, data.model_spec.get("n_classes", 0))
 
-    def initial_params(self, model: torch.nn.Module) -> Params:
-        """The method's starting meta-parameters; a setting the model cannot take is a ParamError."""
+    def initial_model(self, data: TaskData) -> tuple[torch.nn.Module, Params, dict]:
+        """The method's network for this dataset, its starting meta-parameters and its spec; a
+        method setting the network cannot take is a ParamError."""
         try:
-            return self.method.initial_params(model, self.seed)
+            spec = self.method.model_spec(data.model_spec)
+            model = build_model(spec)
+            return model, self.method.initial_params(model, self.seed), spec
         except ValueError as err:
             raise ParamError(f"params.yaml: `algorithms.{self.algorithm}`: {err}") from None
 
@@ -180,28 +183,27 @@ def feedback_count(run: Run, data: TaskData) -> int:
     return run.feedback.tasks
 
 
-def resumed_trainer(run: Run, data: TaskData, path: Path) -> MetaTrainer:
+def resumed_trainer(run: Run, data: TaskData, path: Path) -> tuple[MetaTrainer, dict]:
     """The trainer of a finished run, as it was at its last iteration (a model file holds the
-    trainer's state), so that more iterations continue it exactly."""
-    model, params, _ = load_model(path, run.device)
+    trainer's state), so that more iterations continue it exactly; and the model's spec."""
+    model, params, spec = load_model(path, run.device)
     trainer = MetaTrainer(model, params, run.trainer_config(data, run.seed))
     state = load_file(path).get("trainer")
     if state is None:
         raise DataError(f"{path}: holds no trainer state to continue from; re-run its train stage "
                         "(dvc repro)")
     trainer.load_state_dict(state)
-    return trainer
+    return trainer, spec
 
 
 def model_info(run: Run, label: str, trainer: MetaTrainer, data: TaskData) -> dict:
     """What a model file says about itself: the run, and how meta-test adapts and prepares
     inputs, so that `noisymaml predict` adapts exactly as the evaluate stage does."""
-    spec = data.model_spec
     return {"dataset": run.dataset, "method": label, "algorithm": run.algorithm,
             "algorithm_settings": run.algorithm_settings.model_dump(), "iterations": trainer.iteration,
             "meta_test": {"inner_lr": run.eval_inner.lr, "inner_steps": run.eval_inner.steps,
                           "first_order": run.eval_inner.first_order},
-            "inputs": run.spec.input_info(run.config, spec)}
+            "inputs": run.spec.input_info(run.config, data.model_spec)}
 
 
 def save_gradients(path: Path, run: Run, data: TaskData, forward: Forward, params: Params) -> None:

@@ -7,7 +7,7 @@ import json
 
 from noisymaml.core.feedback import FeedbackWeigher
 from noisymaml.core.files import load_file, write_curve, write_json
-from noisymaml.core.models import build_model, load_model, save_model
+from noisymaml.core.models import load_model, save_model
 from noisymaml.core.training import MetaTrainer
 from noisymaml.datasets import DATASETS
 from noisymaml.datasets.base import FetchSettings, TaskData
@@ -50,9 +50,9 @@ def episodes(dataset: str) -> str:
     return f"[episodes {dataset}] {json.dumps(summary)}"
 
 
-def _finish(run: Run, label: str, trainer: MetaTrainer, data: TaskData, rows: list[dict]) -> None:
+def _finish(run: Run, label: str, trainer: MetaTrainer, spec: dict, data: TaskData, rows: list[dict]) -> None:
     """Save a trained model (with its trainer's state) and its learning curve under `label`."""
-    save_model(model_path(run.dataset, label), data.model_spec, trainer.meta_params(),
+    save_model(model_path(run.dataset, label), spec, trainer.meta_params(),
                model_info(run, label, trainer, data), trainer.state_dict())
     if rows:
         write_curve(curve_path(run.dataset, label), rows)
@@ -62,10 +62,10 @@ def train(dataset: str, method: str) -> None:
     """Stage `train@<dataset>-<method>`: meta-train one method; model file and learning curve."""
     run = Run.from_params(dataset, method)
     data = run.task_data()
-    model = build_model(data.model_spec)
-    trainer = MetaTrainer(model, run.initial_params(model), run.trainer_config(data, run.seed))
+    model, params, spec = run.initial_model(data)
+    trainer = MetaTrainer(model, params, run.trainer_config(data, run.seed))
     rows = meta_train(run, trainer, data, run.config.train.iterations, method, {})
-    _finish(run, method, trainer, data, rows)
+    _finish(run, method, trainer, spec, data, rows)
 
 
 def evaluate(dataset: str, method: str) -> str:
@@ -96,8 +96,8 @@ def feedback(dataset: str) -> None:
                 "continued": None}
     for variant in FEEDBACK_VARIANTS:
         label = f"{method}_{variant}"
-        trainer = resumed_trainer(run, data, model_path(dataset, method))
+        trainer, spec = resumed_trainer(run, data, model_path(dataset, method))
         rows = meta_train(run, trainer, data, trainer.iteration + settings.iterations, label,
                           {"feedback": settings.model_dump(), "variant": variant}, weighing[variant])
-        _finish(run, label, trainer, data, rows)
+        _finish(run, label, trainer, spec, data, rows)
         write_json(metrics_path(dataset, label), score(run, trainer.forward, data, trainer.meta_params()))

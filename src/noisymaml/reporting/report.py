@@ -270,7 +270,7 @@ def _how_to_read(settings: Settings) -> str:
 
 
 def _settings_list(settings: Settings) -> str:
-    noise, feedback, mr = settings.noise, settings.feedback, settings.algorithms.mr_maml_w
+    noise, feedback = settings.noise, settings.feedback
     iterations = ", ".join(f"{dataset} {config.train.iterations}"
                            for dataset, config in settings.datasets.items())
     lines = [
@@ -282,17 +282,15 @@ def _settings_list(settings: Settings) -> str:
         f"- noise (noisy_ methods only): sigma = {noise.sigma:g} on the {NOISE_WHERE[noise.where]} "
         f"gradients (noise.where = {noise.where}), mean {noise.mean:g}, schedule {noise.schedule}, "
         f"outer std = {noise.outer_scale:g} × sigma",
-        f"- feedback on {feedback.method}: {feedback.iterations} extra iterations, tasks weighted by "
-        f"{feedback.similarity} similarity to the support gradients of the first {feedback.tasks} "
-        "test tasks",
+        f"- feedback on {feedback.method}: {feedback.iterations} extra iterations continuing its "
+        f"training run, tasks weighted by softmax({feedback.similarity} similarity of their "
+        f"{feedback.compare} gradients / {feedback.temperature:g}) to the support gradients of "
+        f"{feedback.tasks} feedback tasks",
     ]
-    if any(m.removeprefix(NOISY) == "mr_maml_w" for m in settings.methods):
-        lines.append(f"- MR-MAML(W): beta = {mr.beta:g}, initial posterior std {mr.init_scale:g}, "
-                     f"stochastic feature layers: {mr.stochastic_layers}")
-    if any(m.removeprefix(NOISY) == "meta_aug" for m in settings.methods):
-        lines.append("- meta-augmentation: labels permuted per task (classification), targets "
-                     f"shifted by U(-{settings.algorithms.meta_aug.range:g}, "
-                     f"{settings.algorithms.meta_aug.range:g}) per task (regression)")
+    algorithms = dict.fromkeys(m.removeprefix(NOISY) for m in settings.methods)
+    for name in algorithms:
+        described = METHODS[name](**getattr(settings.algorithms, name).model_dump()).describe()
+        lines += [f"- {described}"] if described else []
     return "\n".join(lines)
 
 
@@ -323,7 +321,8 @@ def _dataset_section(dataset: str, settings: Settings, labels: dict[str, str], o
     metrics, curves = load_metrics(dataset, methods), load_curves(dataset, methods)
     lines = [f"## {dataset}", "",
              f"Metric: {measure.name}, {measure.better}."
-             + ("" if chance is None else f" Chance level (1/ways): {measure.shown(chance):.2f}.")]
+             + ("" if chance is None else f" Chance level (1/ways): {measure.shown(chance):.2f}.")
+             + (f" {protocol}" if (protocol := DATASETS[dataset].protocol(settings.datasets[dataset])) else "")]
     if metrics:
         lines += ["", results_table(metrics, measure, labels)]
     lines += literature_table(dataset, settings.datasets[dataset], settings.seed)
