@@ -9,13 +9,14 @@ the input misleads, and only adaptation to the support set can give a low error.
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Annotated
 
 import torch
 from pydantic import Field, model_validator
 
-from noisymaml.core.files import load_file
+from noisymaml.core.files import load_fields, save_atomic, write_text
 from noisymaml.core.maml import REGRESSION
 from noisymaml.core.tasks import TaskBatch, seeded
 from noisymaml.datasets.base import (
@@ -110,14 +111,17 @@ class SinusoidNME:
         return TaskBatch(inputs[:, :support], y[:, :support], inputs[:, support:], y[:, support:])
 
 
+def load_tasks(path: Path) -> TaskBatch:
+    return TaskBatch(**load_fields(path, {f.name: torch.Tensor for f in fields(TaskBatch)}, "an episodes file"))
+
+
 class Sinusoid(Dataset):
     name = "sinusoid"
     Settings = SinusoidSettings
     measure = MSE
 
     def fetch(self, folder: Path, fetch: FetchSettings) -> str:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "README.txt").write_text(NOTE)
+        write_text(folder / "README.txt", NOTE)
         return "generated tasks, nothing to fetch"
 
     def build_episodes(self, settings: SinusoidSettings, seed: int, source: Path,
@@ -125,13 +129,13 @@ class Sinusoid(Dataset):
         problem = SinusoidNME(settings.tasks)
         for split, count in (("val", settings.tasks.val_episodes), ("test", settings.tasks.test_episodes)):
             tasks = problem.test_tasks(count, seeded(seed, f"sinusoid/{split}"))
-            torch.save(tasks.as_dict(), out / f"{split}.pt")
+            save_atomic(tasks.as_dict(), out / f"{split}.pt")
         return {"val_episodes": settings.tasks.val_episodes,
                 "test_episodes": settings.tasks.test_episodes}
 
     def load(self, settings: SinusoidSettings, folder: Path, device: torch.device) -> TaskData:
         problem = SinusoidNME(settings.tasks)
-        splits = {s: TaskBatch(**load_file(folder / f"{s}.pt")).to(device) for s in ("val", "test")}
+        splits = {s: load_tasks(folder / f"{s}.pt").to(device) for s in ("val", "test")}
         spec = {"kind": "mlp", "in_features": problem.input_size,
                 "hidden": list(settings.model.hidden), "out_features": 1}
         return TaskData(problem, splits["val"], splits["test"], REGRESSION, spec)
