@@ -9,13 +9,15 @@ report can tell the effect of feedback from the effect of simply training longer
 import click
 
 from noisymaml.errors import stage
-from noisymaml.pipeline import steps
 
 
 @click.command()
 @click.argument("dataset")
 @stage
 def main(dataset: str) -> None:
+    # imported here, under `stage`: Ctrl-C while importing is one line
+    from noisymaml.pipeline import steps
+
     steps.feedback(dataset)
 
 

@@ -4,13 +4,15 @@ download the official archives there)."""
 import click
 
 from noisymaml.errors import stage
-from noisymaml.pipeline import steps
 
 
 @click.command()
 @click.argument("dataset")
 @stage
 def main(dataset: str) -> None:
+    # imported here, under `stage`: Ctrl-C while importing is one line
+    from noisymaml.pipeline import steps
+
     click.echo(steps.fetch(dataset))
 
 

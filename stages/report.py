@@ -3,12 +3,14 @@
 import click
 
 from noisymaml.errors import stage
-from noisymaml.reporting.report import write_default_report
 
 
 @click.command()
 @stage
 def main() -> None:
+    # imported here, under `stage`: Ctrl-C while importing is one line
+    from noisymaml.reporting.report import write_default_report
+
     click.echo(f"[report] wrote {write_default_report()}")
 
 

@@ -4,7 +4,6 @@ meta-parameters and learning curve."""
 import click
 
 from noisymaml.errors import stage
-from noisymaml.pipeline import steps
 
 
 @click.command()
@@ -12,6 +11,9 @@ from noisymaml.pipeline import steps
 @click.argument("method")
 @stage
 def main(dataset: str, method: str) -> None:
+    # imported here, under `stage`: Ctrl-C while importing is one line
+    from noisymaml.pipeline import steps
+
     steps.train(dataset, method)
 
 

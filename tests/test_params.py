@@ -311,6 +311,45 @@ def test_sigma_must_be_finite(shipped, value):
 def test_params_are_read_as_dvc_writes_them(tmp_path: Path):
     """After `dvc exp run -S`, quotes are gone: `off` must stay the string DVC hashed, not False."""
     path = tmp_path / "params.yaml"
-    path.write_text("tasks:\n  rotations: off\n  answer: yes\nlr: 1e-3\nhidden:\n- 40\n- 40\n")
-    assert read_params(path) == {"tasks": {"rotations": "off", "answer": "yes"}, "lr": 0.001,
-                                 "hidden": [40, 40]}
+    path.write_text("omniglot:\n  tasks:\n    rotations: off\n    answer: yes\n  maml:\n    inner_lr: 1e-3\n"
+                    "sinusoid:\n  model:\n    hidden:\n    - 40\n    - 40\n")
+    assert read_params(path) == {"omniglot": {"tasks": {"rotations": "off", "answer": "yes"},
+                                              "maml": {"inner_lr": 0.001}},
+                                 "sinusoid": {"model": {"hidden": [40, 40]}}}
+
+
+# --- strict values, unknown top-level keys, YAML errors ------------------------------------
+
+@pytest.mark.parametrize("dotted, value, schema", [
+    ("noise.sigma", "0.1", NoiseParams), ("noise.sigma", True, NoiseParams),
+    ("sinusoid.train.iterations", "4", SinusoidSettings),
+    ("sinusoid.train.iterations", True, SinusoidSettings),
+    ("sinusoid.train.iterations", 4.0, SinusoidSettings),
+    ("fetch.download", "yes", FetchSettings),
+])
+def test_values_of_the_wrong_type_are_refused_not_coerced(shipped, dotted, value, schema):
+    message = error_of(changed(shipped, dotted, value), dotted.split(".")[0], schema)
+    assert f"`{dotted}` = {value!r}" in message
+
+
+def test_an_integer_is_a_valid_float(shipped):
+    assert parse_section(changed(shipped, "noise.sigma", 1), "noise", NoiseParams).sigma == 1.0
+
+
+def test_unknown_top_level_keys_are_refused_with_a_hint(root, tmp_path: Path):
+    path = tmp_path / "params.yaml"
+    path.write_text((root / "params.yaml").read_text() + "sead: 3\nnosie:\n  sigma: 0.2\n")
+    with pytest.raises(ParamError) as info:
+        read_params(path)
+    assert str(info.value).splitlines() == [f"{path}: unknown key `sead` (misspelt?)",
+                                            f"{path}: unknown key `nosie` (misspelt?)"]
+
+
+def test_a_yaml_error_is_one_line_with_its_line_and_column(tmp_path: Path):
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: 0\nnoise:\n  sigma: 0.1\n where: both\n")
+    with pytest.raises(ParamError) as info:
+        read_params(path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: not valid YAML at line 4, column 2: ")

@@ -100,6 +100,22 @@ def test_editing_report_or_command_code_retrains_nothing(project: Path, module, 
     assert changed == expected
 
 
+def test_a_second_repro_while_one_runs_is_refused(project: Path):
+    """DVC's repository lock: a second `dvc repro` stops at once instead of running stages twice."""
+    holder = subprocess.Popen([sys.executable, "-c", "import time\nfrom dvc.repo import Repo\n"
+                               "Repo('.').lock.lock()\nprint('locked', flush=True)\ntime.sleep(120)"],
+                              cwd=project, env=stage_env(), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with edited_params(project, "noise", "sigma", 0.2):
+            result = run(["dvc", "repro"], project, check=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.returncode != 0 and "Unable to acquire lock" in result.stderr
+    assert "Running stage" not in result.stdout
+
+
 @contextmanager
 def edited_params(project: Path, section: str, key: str | None, value):
     """params.yaml with one value changed (the whole section when key is None), restored afterwards."""

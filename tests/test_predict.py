@@ -14,11 +14,12 @@ import torch
 from click.testing import CliRunner
 from PIL import Image, ImageDraw
 
+from faults import full_disk
 from noisymaml import predict
 from noisymaml.cli import main
 from noisymaml.core.models import build_model, init_params, save_model
 from noisymaml.datasets import omniglot
-from noisymaml.errors import DataError
+from noisymaml.errors import DataError, OutputError
 from noisymaml.methods import METHODS
 
 CLASSES = ["bar", "ring", "slash"]
@@ -372,3 +373,66 @@ def test_mr_maml_w_models_predict_from_the_posterior_mean(tmp_path, support, que
     result, rows = run(tmp_path, path, support, query)
     assert result.exit_code == 0, result.output
     assert len(rows) == 6
+
+
+# --- files: names of any bytes, atomic output, broken and hostile model files --------------
+
+def test_file_names_that_are_not_utf8_are_written_as_the_file_system_holds_them(tmp_path, model_file,
+                                                                               support, query):
+    save(draw("ring", 40), query / os.fsdecode(b"caf\xe9.png"))
+    output = tmp_path / "out" / "predictions.csv"
+    output.parent.mkdir()
+    output.write_text("an earlier run's predictions\n")
+    result = CliRunner().invoke(main, ["predict", "--model", str(model_file), "--support", str(support),
+                                       "--query", str(query), "--output", str(output)])
+    assert result.exit_code == 0, (result.output, result.exception)
+    written = output.read_bytes()
+    assert b"\ncaf\xe9.png," in written and b"earlier" not in written
+    with output.open(newline="", errors="surrogateescape") as handle:
+        assert {row["file"] for row in csv.DictReader(handle)} == set(os.listdir(query))
+
+
+def test_a_failed_write_leaves_earlier_predictions_whole(tmp_path):
+    output = tmp_path / "predictions.csv"
+    output.write_text("earlier predictions\n")
+    rows = [predict.Prediction(f"image_{i}.png", "bar", 0.5, None) for i in range(100)]
+    with pytest.raises(OutputError, match=f"cannot write {output}: File too large"), full_disk():
+        predict.write_predictions(output, rows)
+    assert output.read_text() == "earlier predictions\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["predictions.csv"]
+
+
+def test_empty_model_file(tmp_path, support, query):
+    (tmp_path / "empty.pt").write_bytes(b"")
+    result, _ = run(tmp_path, tmp_path / "empty.pt", support, query)
+    assert_clean_error(result, "not a noisymaml model file", "empty.pt: empty file (0 bytes)")
+
+
+def test_inflating_model_file_is_refused_unread(tmp_path, support, query, monkeypatch):
+    """A model file whose 8 MB of weights are deflated into a few KB: torch.load would inflate it."""
+    spec = {**SPEC, "filters": 8}
+    params = init_params(build_model(spec), seed=0)
+    save_model(tmp_path / "plain.pt", spec, {**params, "padding/zeros": torch.zeros(2_000_000)}, {})
+    with zipfile.ZipFile(tmp_path / "plain.pt") as plain, \
+            zipfile.ZipFile(tmp_path / "bomb.pt", "w", zipfile.ZIP_DEFLATED) as packed:
+        for entry in plain.infolist():
+            packed.writestr(entry.filename, plain.read(entry))
+    read = []
+    monkeypatch.setattr(torch, "load", lambda *args, **kwargs: read.append(args))
+    result, _ = run(tmp_path, tmp_path / "bomb.pt", support, query)
+    assert_clean_error(result, "bomb.pt: compressed contents declaring", "refusing to inflate it")
+    assert read == []
+
+
+def test_model_file_above_the_size_limit_is_refused_unread(tmp_path, model_file, support, query,
+                                                          monkeypatch):
+    monkeypatch.setattr(predict, "MAX_MODEL_BYTES", 1000)
+    result, _ = run(tmp_path, model_file, support, query)
+    assert_clean_error(result, "more than the 1000 bytes such a file may hold")
+
+
+def test_symlink_loop_in_a_support_class_is_not_followed(tmp_path, model_file, support, query):
+    (support / "bar" / "loop").symlink_to(support / "bar", target_is_directory=True)
+    result, rows = run(tmp_path, model_file, support, query)
+    assert result.exit_code == 0, result.output
+    assert "after adapting to 9 support image(s)" in result.stdout and len(rows) == 6

@@ -191,6 +191,13 @@ def test_malformed_metrics_name_the_file(workdir, content):
         load_metrics("omniglot", METHODS)
 
 
+def test_non_finite_scores_are_refused_not_shown(workdir):
+    group = {"acc_pre": 0.5, "acc_pre_ci95": 0.1, "acc_post": float("nan"), "acc_post_ci95": 0.1, "tasks": 8}
+    metrics_path("omniglot", "noisy_maml").write_text(json.dumps({"test": group, "train_tasks": group}))
+    with pytest.raises(DataError, match="noisy_maml.json: group `test` needs finite numbers"):
+        load_metrics("omniglot", METHODS)
+
+
 def test_malformed_curve_names_the_file(workdir):
     curve_path("sinusoid", "maml").write_text("iteration,val_loss_post\n1,0.5\n")
     with pytest.raises(DataError, match="plots/sinusoid/maml.csv"):

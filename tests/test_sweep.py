@@ -191,3 +191,20 @@ def test_report_command_reads_a_saved_document(doc, tmp_path, monkeypatch):
 def test_bad_grid_values_are_named():
     result = CliRunner().invoke(main, ["sweep", "run", "--dataset", "sinusoid", "--sigmas", "0,x"])
     assert result.exit_code == 2 and "0,x" in result.output
+
+
+@pytest.mark.parametrize("shape", [
+    {}, [1], [{"experiments": [{"revs": []}]}], [{"experiments": 7}],
+    [{"experiments": [{"revs": [{"name": "x", "data": {"params": "oops"}}]}]}],
+    "wrong params",
+])
+def test_a_document_of_the_wrong_shape_is_one_line_naming_the_file(doc, tmp_path, monkeypatch, shape):
+    if shape == "wrong params":  # a grid point whose seed is not a number
+        shape = copy.deepcopy(doc)
+        shape[0]["experiments"][2]["revs"][0]["data"]["params"]["params.yaml"]["data"]["seed"] = [0]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "exp.json").write_text(json.dumps(shape))
+    result = CliRunner().invoke(main, ["sweep", "report", "--dataset", "sinusoid", "--input", "exp.json"])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), (result.output, result.exception)
+    assert result.stderr.startswith("error: exp.json: not the JSON of `dvc exp show --json`")
+    assert len(result.stderr.splitlines()) == 1

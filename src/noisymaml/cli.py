@@ -108,13 +108,14 @@ def sweep_report(dataset: str, source) -> None:
     """Tabulate and plot the finished experiments: one row per (noise.where, sigma), mean ±
     95% CI over seeds, and the configuration chosen on validation tasks alone."""
     if source is None:
-        doc = _exp_show()
-    else:
-        try:
-            doc = json.load(source)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{source.name}: not the JSON of `dvc exp show --json` ({err})") from None
-    _write_report(dataset, doc)
+        _write_report(dataset, _exp_show())
+        return
+    try:
+        _write_report(dataset, json.load(source))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{source.name}: not the JSON of `dvc exp show --json` ({err})") from None
+    except DataError as err:
+        raise DataError(f"{source.name}: {err}") from None
 
 
 def _exp_show() -> list:

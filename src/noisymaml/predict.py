@@ -40,9 +40,9 @@ import torch
 from PIL import Image, ImageOps
 
 from noisymaml.core import Params
-from noisymaml.core.files import load_file
+from noisymaml.core.files import atomic_open, check_archive, load_file
 from noisymaml.core.maml import CLASSIFICATION, InnerLoop, adapt, make_forward
-from noisymaml.core.models import load_model
+from noisymaml.core.models import MAX_MODEL_BYTES, rebuild_model
 from noisymaml.datasets.imagefiles import grey, rgb
 from noisymaml.errors import DataError, NoisyMamlError
 from noisymaml.methods import MAML, METHODS
@@ -99,23 +99,12 @@ def load_classifier(path: Path, device: torch.device | str = "cpu") -> Classifie
     if not path.is_file():
         raise DataError(f"model file {path} not found" if not path.exists()
                         else f"model file {path} is not a file")
-    # The spec is checked before load_model builds the network from it.
-    _check_spec(path, _load_plain(path))
-    try:
-        model, params, spec = load_model(path, device)
-    except NoisyMamlError:
-        raise
-    except Exception as err:  # a spec whose values build_model rejects (TypeError, ValueError...)
-        raise DataError(f"{path}: not a usable noisymaml model ({type(err).__name__}: {err})") from None
-    for name, expected in model.named_parameters():
-        if params[name].shape != expected.shape:
-            raise DataError(f"{path}: parameter {name} has shape {tuple(params[name].shape)}, but its "
-                            f"model spec needs {tuple(expected.shape)}")
-        if not params[name].is_floating_point():
-            raise DataError(f"{path}: parameter {name} is not a floating-point tensor")
-    params = {name: p.float() for name, p in params.items()}
-    info = _load_plain(path).get("info") or {}
-    return Classifier(model, params, spec, path, _method(path, info), _inner(info),
+    saved = _load_plain(path)
+    _check_spec(path, saved)  # before the network is built from the spec
+    model, params, spec = rebuild_model(path, saved, device)
+    info = saved.get("info") or {}
+    return Classifier(model, {name: p.float() for name, p in params.items()}, spec, path,
+                      _method(path, info), _inner(info),
                       info.get("inputs", {}).get("colour", _default_colour(spec)),
                       info.get("inputs", {}).get("query_batch", image_spec(spec)["n_classes"]))
 
@@ -142,11 +131,16 @@ def _inner(info: dict) -> InnerLoop | None:
 
 
 def _load_plain(path: Path):
-    """load_file (weights_only: tensors and plain data), with a message for command-line users."""
+    """load_file (weights_only: tensors and plain data), with a message for command-line users;
+    empty, cut, inflating or oversized files are refused unread, saying which."""
+    try:
+        check_archive(path, MAX_MODEL_BYTES)
+    except DataError as err:
+        raise DataError(f"not a noisymaml model file: {err}") from None
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return load_file(path)
+            return load_file(path, MAX_MODEL_BYTES)
     except DataError:
         raise DataError(f"{path}: not a noisymaml model file; refusing to load it (it is corrupt or "
                         "holds objects other than tensors and plain data, which could run code; "
@@ -431,16 +425,15 @@ def predict_folders(model_file: Path, support_dir: Path, query_dir: Path, steps:
 
 
 def write_predictions(path: Path, rows: list[Prediction]) -> None:
-    """CSV of file, predicted_class, probability (4 decimals), one row per prediction."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(CSV_COLUMNS)
-            writer.writerows((row.file, row.predicted_class, f"{row.probability:.4f}") for row in rows)
-    except OSError as err:
-        raise DataError(f"cannot write predictions to {path}: {err.strerror or err}") from None
+    """CSV of file, predicted_class, probability (4 decimals), one row per prediction.
+
+    Written to a temporary file and renamed: a failure leaves an earlier CSV as it was. File
+    names are written as the file system holds them, also those that are not valid UTF-8.
+    """
+    with atomic_open(Path(path), "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(CSV_COLUMNS)
+        writer.writerows((row.file, row.predicted_class, f"{row.probability:.4f}") for row in rows)
 
 
 def summary(result: Result, output: Path) -> str:
@@ -452,4 +445,9 @@ def summary(result: Result, output: Path) -> str:
         line += " labelled)" if len(result.labelled) < len(result.rows) else ")"
     if result.skipped:
         line += f"; skipped {len(result.skipped)} unreadable image(s)"
-    return line + f"; wrote {output}"
+    return line + f"; wrote {shown(output)}"
+
+
+def shown(path: Path) -> str:
+    """A path for the terminal: bytes that are not UTF-8 as \\x escapes (printing them raw can fail)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")

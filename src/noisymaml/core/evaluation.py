@@ -10,6 +10,11 @@ from torch.func import vmap
 from noisymaml.core import Params
 from noisymaml.core.maml import Forward, InnerLoop, Objective, evaluate_tasks, support_gradient
 from noisymaml.core.tasks import TaskBatch
+from noisymaml.errors import NoisyMamlError
+
+
+class EvaluationDiverged(NoisyMamlError):
+    """Meta-test adaptation gave NaN/inf metrics: the stage stops instead of writing them."""
 
 
 class EvaluationSet(Protocol):
@@ -27,6 +32,12 @@ def evaluate(forward: Forward, objective: Objective, params: Params, episodes: E
                             inner, batched)
              for start in range(0, total, chunk)]
     return {key: torch.cat([p[key] for p in parts]).cpu() for key in parts[0]}
+
+
+def non_finite(per_task: dict[str, torch.Tensor]) -> dict[str, int]:
+    """{metric: number of episodes where it is NaN/inf}, for the metrics where any is."""
+    counts = {key: int((~torch.isfinite(values)).sum()) for key, values in per_task.items()}
+    return {key: count for key, count in counts.items() if count}
 
 
 def capture_gradients(forward: Forward, objective: Objective, params: Params,

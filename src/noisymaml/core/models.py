@@ -1,7 +1,8 @@
 """Networks for meta-learning, each rebuilt from a small plain-data spec stored with its weights.
 
 The spec (a dict of str/int) travels in the model file so that `predict` and later stages can
-rebuild the network and check the input shape without trusting pickled code.
+rebuild the network and check the input shape without trusting pickled code. A model file
+holding more than MAX_MODEL_BYTES is refused before it is read.
 """
 
 from __future__ import annotations
@@ -13,8 +14,12 @@ import torch
 from torch import nn
 
 from noisymaml.core import Params
-from noisymaml.core.files import load_file, save_atomic
+from noisymaml.core.files import MIB, load_file, save_atomic, tensors
 from noisymaml.errors import DataError
+
+# The largest model params.yaml ships, MR-MAML(W)'s Omniglot Conv-4 (117k weights and as many
+# posterior scales), takes 0.94 MB: the limit leaves room for networks 250 times larger.
+MAX_MODEL_BYTES = 256 * MIB
 
 
 class MLP(nn.Module):
@@ -169,17 +174,32 @@ def save_model(path: Path, spec: dict, params: Params, info: dict, trainer: dict
 
 
 def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, Params, dict]:
-    """Rebuild the network and its meta-parameters from a model file (no code is unpickled).
+    """Rebuild the network and its meta-parameters from a model file (no code is unpickled)."""
+    return rebuild_model(path, load_file(path, MAX_MODEL_BYTES), device)
+
+
+def rebuild_model(path: Path, saved: object,
+                  device: torch.device | str = "cpu") -> tuple[nn.Module, Params, dict]:
+    """The network and meta-parameters of a loaded model file; DataError naming `path` when
+    its spec does not build or its parameters do not fit the network.
 
     Besides the network's own parameters a file may hold a method's extra meta-parameters,
     named `<kind>/<parameter>` (e.g. MR-MAML(W)'s `log_sigma/...`): network names have no "/".
     """
-    saved = load_file(path)
-    if not {"spec", "params"} <= set(saved):
+    if not isinstance(saved, dict) or not {"spec", "params"} <= set(saved):
         raise DataError(f"{path}: not a noisymaml model file (expected keys spec and params)")
-    model = build_model(saved["spec"]).to(device)
-    params = {k: v.to(device) for k, v in saved["params"].items()}
-    expected = {name for name, _ in model.named_parameters()}
-    if {name for name in params if "/" not in name} != expected:
+    try:
+        model = build_model(saved["spec"]).to(device)
+    except Exception as err:  # a spec whose values the network rejects (TypeError, ValueError...)
+        raise DataError(f"{path}: not a usable noisymaml model ({type(err).__name__}: {err})") from None
+    params = tensors(path, saved["params"], "params")
+    expected = dict(model.named_parameters())
+    if {name for name in params if "/" not in name} != expected.keys():
         raise DataError(f"{path}: parameters do not match its model spec {saved['spec']}")
-    return model, params, saved["spec"]
+    for name, parameter in expected.items():
+        if params[name].shape != parameter.shape:
+            raise DataError(f"{path}: parameter {name} has shape {tuple(params[name].shape)}, but its "
+                            f"model spec needs {tuple(parameter.shape)}")
+        if not params[name].is_floating_point():
+            raise DataError(f"{path}: parameter {name} is not a floating-point tensor")
+    return model, {k: v.to(device) for k, v in params.items()}, saved["spec"]

@@ -4,13 +4,18 @@ Task sampling, gradient noise and the method's own randomness (MR-MAML's weight 
 meta-augmentation's relabelling) use three separate seeded generators on the training device,
 so neither noise nor the method changes which tasks are drawn: every method trains on the same
 sequence of tasks. A checkpoint holds all three, so a resumed run replays the exact streams.
+The last checkpoint holds the finished state: a stage whose outputs could not be written
+resumes from it and only writes. A checkpoint that cannot be read or loaded is set aside
+(renamed *.broken) and training starts over, saying so.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +26,7 @@ import torch
 from torch.func import grad_and_value
 
 from noisymaml.core import Params
-from noisymaml.core.files import save_atomic
+from noisymaml.core.files import load_file, save_atomic
 from noisymaml.core.maml import (
     InnerLoop,
     Objective,
@@ -32,7 +37,7 @@ from noisymaml.core.maml import (
 )
 from noisymaml.core.noise import GradientNoise, describe
 from noisymaml.core.tasks import TaskBatch, TaskSource
-from noisymaml.errors import NoisyMamlError
+from noisymaml.errors import DataError, NoisyMamlError, OutputError
 
 NOISE_STREAM = 1_000_003  # offset between the task and the noise generators' seeds
 METHOD_STREAM = 2_000_029  # ... and the method's own randomness (MR-MAML draws, meta-aug relabelling)
@@ -184,13 +189,27 @@ class Checkpoint:
     fingerprint: str
 
     def load(self) -> dict | None:
+        """This run's saved state; None when there is none or it is of other settings.
+        A file that is not a checkpoint is a DataError naming it."""
         if not self.path.exists():
             return None
-        state = torch.load(self.path, map_location="cpu", weights_only=True)
-        return state if state.get("fingerprint") == self.fingerprint else None
+        state = load_file(self.path)
+        if not isinstance(state, dict) or not isinstance(state.get("fingerprint"), str):
+            raise DataError(f"{self.path}: not a checkpoint (no settings fingerprint)")
+        return state if state["fingerprint"] == self.fingerprint else None
 
     def save(self, state: dict) -> None:
         save_atomic({**state, "fingerprint": self.fingerprint}, self.path)
+
+    def set_aside(self) -> Path:
+        """Rename a broken checkpoint to *.broken (kept for a look), out of training's way."""
+        aside = self.path.with_name(self.path.name + ".broken")
+        try:
+            os.replace(self.path, aside)
+        except OSError as err:
+            raise OutputError(f"cannot set aside the broken checkpoint {self.path} "
+                              f"({err.strerror or err}); delete it") from None
+        return aside
 
 
 @dataclass
@@ -218,12 +237,7 @@ def train(trainer: MetaTrainer, source: TaskSource, iterations: int, log_every: 
           label: str, weigh: Weigher | None = None,
           log: Callable[[str], None] = print) -> list[dict]:
     """Run (or resume) meta-training to `iterations`; returns the learning-curve rows."""
-    curve = Curve()
-    state = checkpoint.load()
-    if state is not None:
-        trainer.load_state_dict(state["trainer"])
-        curve = Curve(state["curve_rows"], state["curve_window"])
-        log(f"[{label}] resuming from checkpoint {checkpoint.path} at iteration {trainer.iteration}")
+    curve = _resume(trainer, checkpoint, label, log)
     log(f"[{label}] {iterations} meta-iterations, {describe(trainer.noise)}, "
         f"device {trainer.task_generator.device}")
     started, start_iteration = time.perf_counter(), trainer.iteration
@@ -233,10 +247,40 @@ def train(trainer: MetaTrainer, source: TaskSource, iterations: int, log_every: 
         if done % log_every == 0 or done == iterations:
             row = curve.close_window(done, validate(trainer.meta_params()))
             log(_progress(label, row, done, iterations, started, start_iteration))
-        if done % checkpoint.every == 0 and done < iterations:
+        if done % checkpoint.every == 0 or done == iterations:
             checkpoint.save({"trainer": trainer.state_dict(), "curve_rows": curve.rows,
                              "curve_window": curve.window})
     return curve.rows
+
+
+def _resume(trainer: MetaTrainer, checkpoint: Checkpoint, label: str,
+            log: Callable[[str], None]) -> Curve:
+    """Load this run's checkpoint into `trainer`; returns the learning curve so far."""
+    try:
+        state = checkpoint.load()
+    except DataError as err:
+        return _start_over(checkpoint, label, log, str(err))
+    if state is None:
+        return Curve()
+    fresh = copy.deepcopy(trainer.state_dict())
+    try:
+        trainer.load_state_dict(state["trainer"])
+        rows, window = list(state["curve_rows"]), list(state["curve_window"])
+        if not all(isinstance(row, dict) for row in rows + window):
+            raise TypeError("curve rows are not mappings")
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as err:
+        trainer.load_state_dict(fresh)
+        return _start_over(checkpoint, label, log,
+                           f"{checkpoint.path}: cannot resume from it ({type(err).__name__}: {err})")
+    log(f"[{label}] resuming from checkpoint {checkpoint.path} at iteration {trainer.iteration}")
+    return Curve(rows, window)
+
+
+def _start_over(checkpoint: Checkpoint, label: str, log: Callable[[str], None], problem: str) -> Curve:
+    aside = checkpoint.set_aside()
+    log(f"[{label}] broken checkpoint: {problem}; set aside as {aside}, training restarts from "
+        "iteration 0")
+    return Curve()
 
 
 def _progress(label: str, row: dict, done: int, total: int, started: float, first: int) -> str:

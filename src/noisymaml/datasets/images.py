@@ -8,7 +8,7 @@ indices; later stages load them back onto the training device.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from noisymaml.core.files import load_file
+from noisymaml.core.files import load_fields, save_atomic, tensors
 from noisymaml.core.maml import CLASSIFICATION
 from noisymaml.core.tasks import (
     ClassificationTaskSource,
@@ -119,6 +119,10 @@ def set_aside_feedback(dataset: str, pools: ImagePools, tasks: ImageTasks,
                       pools.summary)
 
 
+def load_episodes(path: Path) -> Episodes:
+    return Episodes(**load_fields(path, {f.name: torch.Tensor for f in fields(Episodes)}, "an episodes file"))
+
+
 def check_episode_fits(dataset: str, tasks: ImageTasks, pools: dict[str, torch.Tensor]) -> None:
     for split, pool in pools.items():
         if pool.shape[0] < tasks.ways:
@@ -160,7 +164,7 @@ class ImageDataset(Dataset):
         n_train = pools.images["train"].shape[0]
         groups = (class_pairs(n_train) if paired else
                   nme_groups(n_train, tasks.ways, seeded(seed, f"{self.name}/groups")))
-        torch.save({"images": pools.images, "classes": pools.names, "groups": groups}, out / "pool.pt")
+        save_atomic({"images": pools.images, "classes": pools.names, "groups": groups}, out / "pool.pt")
         counts = {"val": tasks.val_episodes, "feedback": tasks.feedback_episodes, "test": tasks.test_episodes}
         for split, count in counts.items():
             pool, generator = pools.images[split], seeded(seed, f"{self.name}/{split}")
@@ -168,20 +172,22 @@ class ImageDataset(Dataset):
                                          generator) if paired else
                         standard_episodes(count, tasks.ways, per_class, pool.shape[0], pool.shape[1],
                                           generator))
-            torch.save(episodes.as_dict(), out / f"{split}.pt")
+            save_atomic(episodes.as_dict(), out / f"{split}.pt")
         return {**pools.summary, "classes": {s: int(p.shape[0]) for s, p in pools.images.items()},
                 "images_per_class": {s: int(p.shape[1]) for s, p in pools.images.items()},
                 "episodes": counts}
 
     def load(self, settings: ImageSettings, folder: Path, device: torch.device) -> TaskData:
-        pool = load_file(folder / "pool.pt")
-        images = {s: v.to(device) for s, v in pool["images"].items()}
+        path = folder / "pool.pt"
+        pool = load_fields(path, {"images": dict, "classes": dict, "groups": torch.Tensor}, "an image pool")
+        splits = ("train", *EPISODE_SPLITS)
+        images = {s: v.to(device) for s, v in tensors(path, pool["images"], "images", splits).items()}
         tasks = settings.tasks
         train = ClassificationTaskSource(images["train"], pool["groups"].to(device), tasks.mode,
                                          tasks.ways, tasks.shots, tasks.query_shots,
                                          augment_rotations=getattr(tasks, "rotations", "off") == "augment")
-        evaluation = {s: EpisodeSet(images[s], Episodes(**load_file(folder / f"{s}.pt")).to(device),
-                                    tasks.shots) for s in EPISODE_SPLITS}
+        evaluation = {s: EpisodeSet(images[s], load_episodes(folder / f"{s}.pt").to(device), tasks.shots)
+                      for s in EPISODE_SPLITS}
         spec = {"kind": "conv4", "in_channels": images["train"].shape[2],
                 "image_size": tasks.image_size, "n_classes": tasks.ways,
                 "filters": settings.model.filters, "downsample": settings.model.downsample}

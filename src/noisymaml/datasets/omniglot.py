@@ -71,9 +71,9 @@ def _download_official(folder: Path) -> None:
     # torchvision is heavy to import and only needed here.
     from torchvision.datasets import utils as tv_utils
 
-    folder.mkdir(parents=True, exist_ok=True)
     partials = {name: folder / (name + _PARTIAL_SUFFIX) for name in OFFICIAL_ARCHIVES}
     try:
+        folder.mkdir(parents=True, exist_ok=True)
         for name, md5 in OFFICIAL_ARCHIVES.items():
             # download_url raises RuntimeError when the downloaded file fails the md5 check.
             tv_utils.download_url(f"{DOWNLOAD_URL}/{name}", root=folder, filename=partials[name].name, md5=md5)

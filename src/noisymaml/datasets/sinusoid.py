@@ -9,13 +9,14 @@ the input misleads, and only adaptation to the support set can give a low error.
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Literal
 
 import torch
 from pydantic import Field, model_validator
 
-from noisymaml.core.files import load_file
+from noisymaml.core.files import load_fields, save_atomic, write_text
 from noisymaml.core.maml import REGRESSION
 from noisymaml.core.tasks import TaskBatch, seeded
 from noisymaml.datasets.base import (
@@ -122,14 +123,17 @@ class SinusoidNME:
         return TaskBatch(inputs[:, :support], y[:, :support], inputs[:, support:], y[:, support:])
 
 
+def load_tasks(path: Path) -> TaskBatch:
+    return TaskBatch(**load_fields(path, {f.name: torch.Tensor for f in fields(TaskBatch)}, "an episodes file"))
+
+
 class Sinusoid(Dataset):
     name = "sinusoid"
     Settings = SinusoidSettings
     measure = MSE
 
     def fetch(self, folder: Path, fetch: FetchSettings) -> str:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "README.txt").write_text(NOTE)
+        write_text(folder / "README.txt", NOTE)
         return "generated tasks, nothing to fetch"
 
     def build_episodes(self, settings: SinusoidSettings, seed: int, source: Path,
@@ -138,7 +142,7 @@ class Sinusoid(Dataset):
         counts = {"val": tasks.val_episodes, "feedback": tasks.feedback_episodes, "test": tasks.test_episodes}
         for split, count in counts.items():
             episodes = problem.test_tasks(count, seeded(seed, f"sinusoid/{split}"))
-            torch.save(episodes.as_dict(), out / f"{split}.pt")
+            save_atomic(episodes.as_dict(), out / f"{split}.pt")
         return {"episodes": counts}
 
     def protocol(self, settings: SinusoidSettings) -> str:
@@ -152,7 +156,7 @@ class Sinusoid(Dataset):
 
     def load(self, settings: SinusoidSettings, folder: Path, device: torch.device) -> TaskData:
         problem = SinusoidNME(settings.tasks)
-        splits = {s: TaskBatch(**load_file(folder / f"{s}.pt")).to(device) for s in ("val", "feedback", "test")}
+        splits = {s: load_tasks(folder / f"{s}.pt").to(device) for s in ("val", "feedback", "test")}
         spec = {"kind": "mlp", "in_features": problem.input_size,
                 "hidden": list(settings.model.hidden), "out_features": 1}
         return TaskData(problem, splits["val"], splits["test"], REGRESSION, spec, splits["feedback"])

@@ -21,6 +21,9 @@ from noisymaml.methods import METHODS
 from noisymaml.settings import Section
 
 PARAMS_FILE = Path("params.yaml")
+# The top-level keys besides one section per registered dataset.
+TOP_LEVEL = ("seed", "device", "datasets", "fetch", "methods", "noisy_methods", "algorithms", "noise",
+             "feedback")
 
 
 class NoiseParams(Section):
@@ -78,17 +81,34 @@ def read_params(path: Path = PARAMS_FILE) -> dict:
     """Read params.yaml as DVC does (YAML 1.2: `off` and `yes` are strings, `1e-3` a number).
 
     `dvc exp run -S` rewrites the file and drops quotes; a YAML 1.1 reader (PyYAML) would then
-    see `rotations: off` as False. A missing or malformed file is a ParamError naming it.
+    see `rotations: off` as False. A missing or malformed file, or an unknown top-level key,
+    is a ParamError naming the file (and the line and column of a YAML error).
     """
     try:
-        data = YAML(typ="safe", pure=True).load(Path(path).read_text())
+        data = YAML(typ="safe", pure=True).load(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ParamError(f"{path}: file not found (run stages from the project root)") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ParamError(f"{path}: cannot read it ({err})") from None
     except YAMLError as err:
-        raise ParamError(f"{path}: not valid YAML: {err}") from None
+        raise ParamError(f"{path}: not valid YAML{_where(err)}") from None
     if not isinstance(data, dict):
         raise ParamError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    unknown = [key for key in data if key not in (*TOP_LEVEL, *DATASETS)]
+    if unknown:
+        raise ParamError("\n".join(f"{path}: unknown key `{key}` (misspelt?)" for key in unknown))
     return data
+
+
+def _where(err: YAMLError) -> str:
+    """ruamel's several-line report as one clause: at line L, column C: the problem."""
+    mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None)
+    if mark is None or not problem:
+        lines = str(err).strip().splitlines()
+        return f": {lines[0]}" if lines else ""
+    context = getattr(err, "context", None)
+    return (f" at line {mark.line + 1}, column {mark.column + 1}: {problem.splitlines()[0]}"
+            + (f" ({context.splitlines()[0]})" if context else ""))
 
 
 def parse_section(data: dict, key: str, schema: type[S], path: Path = PARAMS_FILE) -> S:

@@ -33,3 +33,8 @@ def metrics_path(dataset: str, method: str) -> Path:
 
 def curve_path(dataset: str, method: str) -> Path:
     return PLOTS / dataset / f"{method}.csv"
+
+
+def checkpoint_path(dataset: str, label: str) -> Path:
+    """A training run's checkpoint: not a DVC output, so that a re-run stage resumes from it."""
+    return CHECKPOINTS / dataset / f"{label}.pt"

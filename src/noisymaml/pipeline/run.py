@@ -14,7 +14,7 @@ import torch
 
 from noisymaml.core import Params
 from noisymaml.core.devices import resolve_device
-from noisymaml.core.evaluation import capture_gradients, evaluate
+from noisymaml.core.evaluation import EvaluationDiverged, capture_gradients, evaluate, non_finite
 from noisymaml.core.files import load_file, save_atomic
 from noisymaml.core.maml import Forward, InnerLoop, make_forward
 from noisymaml.core.metrics import MEMORISATION_TASKS, summarise
@@ -40,7 +40,7 @@ from noisymaml.pipeline.params import (
     parse_seed,
     read_params,
 )
-from noisymaml.pipeline.paths import CHECKPOINTS, episodes_dir
+from noisymaml.pipeline.paths import checkpoint_path, episodes_dir
 
 
 def gradient_noise(params: NoiseParams) -> GradientNoise:
@@ -132,29 +132,38 @@ class Run:
 
 
 def evaluate_episodes(run: Run, forward: Forward, data: TaskData, params: Params, episodes,
-                      limit: int | None = None) -> dict[str, torch.Tensor]:
-    """Per-episode metrics after the method's meta-test adaptation from `params`."""
+                      what: str, limit: int | None = None) -> dict[str, torch.Tensor]:
+    """Per-episode metrics after the method's meta-test adaptation from `params`; a non-finite
+    metric (`what`: which episodes) is an EvaluationDiverged, never a number."""
     inner = run.method.inner_loop(run.eval_inner, params)
-    return evaluate(forward, data.objective, run.method.evaluation_params(params), episodes,
-                    inner, run.config.eval.chunk, limit=limit, batched=run.batched)
+    per_task = evaluate(forward, data.objective, run.method.evaluation_params(params), episodes,
+                        inner, run.config.eval.chunk, limit=limit, batched=run.batched)
+    bad = non_finite(per_task)
+    if bad:
+        counts = ", ".join(f"{key} on {count}" for key, count in bad.items())
+        raise EvaluationDiverged(
+            f"{run.dataset}/{run.method_name}: meta-test adaptation diverged on the {what} "
+            f"(NaN/inf {counts} of {len(next(iter(per_task.values())))} episodes, "
+            f"{inner.steps} steps at inner lr {inner.lr:g}); lower `{run.dataset}.maml.inner_lr` "
+            f"or `{run.dataset}.eval.inner_steps`")
+    return per_task
 
 
 def meta_train(run: Run, trainer: MetaTrainer, data: TaskData, iterations: int, label: str,
                extra_settings: dict, weigh: Weigher | None = None) -> list[dict]:
     """Train with validation on the first `train.val_tasks` validation episodes; returns the
-    learning-curve rows. The checkpoint goes once training has finished."""
+    learning-curve rows. The checkpoint stays: the stage deletes it once its outputs are written."""
     cfg = run.config
 
     def validate(params: Params) -> dict[str, float]:
-        per_task = evaluate_episodes(run, trainer.forward, data, params, data.val, cfg.train.val_tasks)
+        per_task = evaluate_episodes(run, trainer.forward, data, params, data.val,
+                                     "validation episodes", cfg.train.val_tasks)
         return {k: v.mean().item() for k, v in per_task.items() if k.endswith("_post")}
 
-    checkpoint = Checkpoint(CHECKPOINTS / run.dataset / f"{label}.pt", cfg.train.checkpoint_every,
+    checkpoint = Checkpoint(checkpoint_path(run.dataset, label), cfg.train.checkpoint_every,
                             fingerprint({**run.settings(), **extra_settings, "format": CHECKPOINT_FORMAT}))
-    rows = train(trainer, data.train, iterations, cfg.train.log_every, validate,
+    return train(trainer, data.train, iterations, cfg.train.log_every, validate,
                  checkpoint, f"{run.dataset}/{label}", weigh)
-    checkpoint.path.unlink(missing_ok=True)
-    return rows
 
 
 def score(run: Run, forward: Forward, data: TaskData, params: Params) -> dict:
@@ -164,13 +173,15 @@ def score(run: Run, forward: Forward, data: TaskData, params: Params) -> dict:
     episodes are scored separately. Training tasks are the dataset's own (never
     meta-augmented): pre-adaptation accuracy on them is the memorisation index.
     """
-    def scored(episodes) -> dict[str, torch.Tensor]:
-        return evaluate_episodes(run, forward, data, params, episodes)
+    def scored(episodes, what: str) -> dict[str, torch.Tensor]:
+        return evaluate_episodes(run, forward, data, params, episodes, what)
 
-    test, val = scored(data.test), scored(data.val)
+    test, val = scored(data.test, "test episodes"), scored(data.val, "validation episodes")
     train_tasks = scored(data.train.sample(MEMORISATION_TASKS,
-                                           seeded(run.seed, "memorisation", run.device)))
-    feedback = evaluate_episodes(run, forward, data, params, data.feedback, feedback_count(run, data))
+                                           seeded(run.seed, "memorisation", run.device)),
+                         "training tasks")
+    feedback = evaluate_episodes(run, forward, data, params, data.feedback, "feedback tasks",
+                                 feedback_count(run, data))
     return {"test": summarise(test), "test_feedback_tasks": summarise(feedback),
             "val": summarise(val), "train_tasks": summarise(train_tasks)}
 

@@ -1,16 +1,26 @@
 """What each DVC stage does, one function per stage; stages/*.py parse their arguments and
-call one of these. The same functions serve `dvc repro`, tests and notebooks."""
+call one of these. The same functions serve `dvc repro`, tests and notebooks.
+
+A training stage deletes its checkpoints only once all its outputs are written: DVC deletes a
+stage's outputs before re-running it, so a write that fails (read-only folder, full disk) must
+leave the trained state where the re-run resumes from it.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
 
 from noisymaml.core.feedback import FeedbackWeigher
-from noisymaml.core.files import load_file, write_curve, write_json
+from noisymaml.core.files import load_fields, tensors, write_curve, write_json
 from noisymaml.core.models import load_model, save_model
 from noisymaml.core.training import MetaTrainer
 from noisymaml.datasets import DATASETS
 from noisymaml.datasets.base import FetchSettings, TaskData
+from noisymaml.errors import OutputError
 from noisymaml.pipeline.params import (
     FeedbackParams,
     parse_dataset,
@@ -20,6 +30,7 @@ from noisymaml.pipeline.params import (
     read_params,
 )
 from noisymaml.pipeline.paths import (
+    checkpoint_path,
     curve_path,
     downloads_dir,
     episodes_dir,
@@ -44,10 +55,30 @@ def episodes(dataset: str) -> str:
     data = read_params()
     out = episodes_dir(dataset)
     config = parse_dataset(data, dataset)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"cannot create {out}: {err.strerror or err}") from None
     summary = DATASETS[dataset].build_episodes(config, parse_seed(data), downloads_dir(dataset),
                                                parse_section(data, "fetch", FetchSettings), out)
     return f"[episodes {dataset}] {json.dumps(summary)}"
+
+
+@contextmanager
+def _checkpoints_kept_until_written(dataset: str, labels: list[str]) -> Iterator[None]:
+    """Delete the runs' checkpoints once the block has written every output; when a write
+    fails, say where the trained state is kept."""
+    paths = [checkpoint_path(dataset, label) for label in labels]
+    try:
+        yield
+    except OutputError as err:
+        kept = [str(path) for path in paths if path.exists()]
+        if not kept:
+            raise
+        raise OutputError(f"{err} (the training so far is kept in {', '.join(kept)}: run the "
+                          "stage again once it can write, and it resumes from there)") from None
+    for path in paths:
+        path.unlink(missing_ok=True)
 
 
 def _finish(run: Run, label: str, trainer: MetaTrainer, spec: dict, data: TaskData, rows: list[dict]) -> None:
@@ -64,8 +95,9 @@ def train(dataset: str, method: str) -> None:
     data = run.task_data()
     model, params, spec = run.initial_model(data)
     trainer = MetaTrainer(model, params, run.trainer_config(data, run.seed))
-    rows = meta_train(run, trainer, data, run.config.train.iterations, method, {})
-    _finish(run, method, trainer, spec, data, rows)
+    with _checkpoints_kept_until_written(dataset, [method]):
+        rows = meta_train(run, trainer, data, run.config.train.iterations, method, {})
+        _finish(run, method, trainer, spec, data, rows)
 
 
 def evaluate(dataset: str, method: str) -> str:
@@ -81,6 +113,13 @@ def evaluate(dataset: str, method: str) -> str:
     return f"[evaluate {dataset}/{method}] test {metrics['test']}"
 
 
+def _load_gradients(dataset: str, method: str) -> dict[str, torch.Tensor]:
+    """The support gradients the evaluate stage captured for feedback."""
+    path = gradients_path(dataset, method)
+    saved = load_fields(path, {"gradients": dict, "episodes": torch.Tensor}, "a gradients file")
+    return tensors(path, saved["gradients"], "gradients")
+
+
 def feedback(dataset: str) -> None:
     """Stage `feedback@<dataset>`: go on training `feedback.method`'s run for
     `feedback.iterations` more iterations (its optimiser, schedule and random streams resumed)
@@ -89,15 +128,17 @@ def feedback(dataset: str) -> None:
     method = parse_section(read_params(), "feedback", FeedbackParams).method
     run = Run.from_params(dataset, method)
     data = run.task_data()
-    stored = load_file(gradients_path(dataset, method))["gradients"]
     settings = run.feedback
-    weighing = {"feedback": FeedbackWeigher({k: v.to(run.device) for k, v in stored.items()},
-                                            settings.similarity, settings.compare, settings.temperature),
+    reference = {k: v.to(run.device) for k, v in _load_gradients(dataset, method).items()}
+    weighing = {"feedback": FeedbackWeigher(reference, settings.similarity, settings.compare,
+                                            settings.temperature),
                 "continued": None}
-    for variant in FEEDBACK_VARIANTS:
-        label = f"{method}_{variant}"
-        trainer, spec = resumed_trainer(run, data, model_path(dataset, method))
-        rows = meta_train(run, trainer, data, trainer.iteration + settings.iterations, label,
-                          {"feedback": settings.model_dump(), "variant": variant}, weighing[variant])
-        _finish(run, label, trainer, spec, data, rows)
-        write_json(metrics_path(dataset, label), score(run, trainer.forward, data, trainer.meta_params()))
+    labels = {variant: f"{method}_{variant}" for variant in FEEDBACK_VARIANTS}
+    with _checkpoints_kept_until_written(dataset, list(labels.values())):
+        for variant, label in labels.items():
+            trainer, spec = resumed_trainer(run, data, model_path(dataset, method))
+            rows = meta_train(run, trainer, data, trainer.iteration + settings.iterations, label,
+                              {"feedback": settings.model_dump(), "variant": variant}, weighing[variant])
+            _finish(run, label, trainer, spec, data, rows)
+            write_json(metrics_path(dataset, label),
+                       score(run, trainer.forward, data, trainer.meta_params()))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,12 +99,13 @@ def _checked_metrics(path: Path, measure: Measure) -> dict:
     for group in dict.fromkeys(group for _, group, _ in COLUMNS if group in data):
         summary = data[group]
         if not isinstance(summary, dict) or not all(_is_number(summary.get(k)) for k in [*keys, "tasks"]):
-            raise DataError(f"{path}: group `{group}` needs numbers for {', '.join(keys)}, tasks")
+            raise DataError(f"{path}: group `{group}` needs finite numbers for {', '.join(keys)}, tasks")
     return data
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite int or float: NaN/inf is a failed evaluation, never shown as a score."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def load_curves(dataset: str, methods: list[str]) -> dict[str, Curve]:

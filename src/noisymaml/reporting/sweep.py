@@ -143,7 +143,18 @@ def _own_metrics(params: dict, metrics: dict, base_params: dict,
 
 def collect(doc: list, dataset: str) -> tuple[list[SweepRun], list[FailedRun]]:
     """Finished experiments that ran `dataset`'s noisy chain, and failed experiments, of a
-    `dvc exp show --json` document (queued and running ones are left out)."""
+    `dvc exp show --json` document (queued and running ones are left out). A document of
+    another shape is a DataError."""
+    if not isinstance(doc, list) or not all(isinstance(baseline, dict) for baseline in doc):
+        raise DataError("not the JSON of `dvc exp show --json` (expected a list of baseline objects)")
+    try:
+        return _collect(doc, dataset)
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError) as err:
+        raise DataError(f"not the JSON of `dvc exp show --json` ({type(err).__name__}: {err} in an "
+                        "experiment)") from None
+
+
+def _collect(doc: list[dict], dataset: str) -> tuple[list[SweepRun], list[FailedRun]]:
     runs, failed = [], []
     required = metrics_path(dataset, REQUIRED).as_posix()
     for baseline in doc:
@@ -168,8 +179,8 @@ def collect(doc: list, dataset: str) -> tuple[list[SweepRun], list[FailedRun]]:
             metrics = _own_metrics(params, metrics, base_params, base_metrics)
             if required not in metrics:
                 continue  # the baseline's file: a run of another dataset's sweep
-            runs.append(SweepRun(rev["name"], noise["sigma"], noise.get("where", "both"),
-                                 params["seed"], metrics))
+            runs.append(SweepRun(rev["name"], float(noise["sigma"]), noise.get("where", "both"),
+                                 int(params["seed"]), metrics))
     return _one_per_grid_point(runs), failed
 
 
