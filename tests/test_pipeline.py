@@ -16,28 +16,13 @@ import pytest
 import torch
 import yaml
 
-from project_copy import ROOT, copy_project, run, stage_env
+from project_copy import ROOT, copy_project, run, stage_env, tiny_params
 
 ARCHIVES = ROOT.parent / "shared" / "data" / "omniglot"
 METHODS = ("maml", "mr_maml_w", "noisy_maml", "noisy_maml_feedback", "noisy_maml_continued")
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not list(ARCHIVES.glob("*.zip")),
                                                    reason=f"no Omniglot archives in {ARCHIVES}")]
-
-
-def tiny_params() -> dict:
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["device"] = "cpu"
-    params["feedback"].update(iterations=2, tasks=3)
-    sinusoid = params["sinusoid"]
-    sinusoid["tasks"].update(test_episodes=12, val_episodes=6)
-    sinusoid["train"].update(iterations=6, log_every=3, checkpoint_every=3, val_tasks=4)
-    omniglot = params["omniglot"]
-    omniglot["tasks"].update(ways=5, test_episodes=8, val_episodes=4,
-                             split={"train": 20, "val": 10, "test": 10})
-    omniglot["model"]["filters"] = 8
-    omniglot["train"].update(iterations=2, meta_batch=2, log_every=1, checkpoint_every=1, val_tasks=2)
-    return params
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +60,21 @@ def test_report_and_curves_written(project: Path):
         curve = (project / "plots" / dataset / "noisy_maml.csv").read_text().splitlines()
         iterations = tiny_params()[dataset]["train"]["iterations"]
         assert curve[0].startswith("iteration,") and curve[-1].split(",")[0] == str(iterations)
+
+
+def test_dvc_metrics_are_the_summaries_and_plots_compare_every_method(project: Path):
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], project).stdout)
+    [files] = [rev["data"] for rev in shown.values()]
+    assert set(files) == {"metrics/sinusoid.json", "metrics/omniglot.json"}
+    assert set(files["metrics/omniglot.json"]["data"]["omniglot"]) == set(METHODS)
+    plots = json.loads(run(["dvc", "plots", "show", "--json"], project).stdout)
+    assert not plots.get("errors")
+    for dataset in ("sinusoid", "omniglot"):
+        for chart in ("validation", "memorisation"):
+            [drawn] = plots["data"][f"{dataset} {chart}"]
+            assert {point["method"] for point in drawn["content"]["data"]["values"]} == set(METHODS)
+    assert sorted(name for name in plots["data"] if name.startswith("reports/figures/")) == [
+        f"reports/figures/{d}_{kind}.png" for d in ("omniglot", "sinusoid") for kind in ("curves", "test")]
 
 
 def test_second_repro_does_nothing(project: Path):

@@ -7,6 +7,7 @@ stages call) stays a few lines per stage.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from noisymaml.core.files import save_atomic
 from noisymaml.core.maml import Forward, InnerLoop, make_forward
 from noisymaml.core.metrics import MEMORISATION_TASKS, summarise
 from noisymaml.core.noise import GradientNoise
+from noisymaml.core.progress import Progress
 from noisymaml.core.tasks import TaskSource, seeded
 from noisymaml.core.training import Checkpoint, MetaTrainer, TrainerConfig, Weigher, fingerprint, train
 from noisymaml.datasets import DATASETS
@@ -132,11 +134,11 @@ class Run:
 
 
 def evaluate_episodes(run: Run, forward: Forward, data: TaskData, params: Params, episodes,
-                      limit: int | None = None) -> dict[str, torch.Tensor]:
+                      limit: int | None = None, progress: Progress | None = None) -> dict[str, torch.Tensor]:
     """Per-episode metrics after the method's meta-test adaptation from `params`."""
     inner = run.method.inner_loop(run.eval_inner, params)
     return evaluate(forward, data.objective, run.method.evaluation_params(params), episodes,
-                    inner, run.config.eval.chunk, limit=limit, batched=run.batched)
+                    inner, run.config.eval.chunk, limit=limit, batched=run.batched, progress=progress)
 
 
 def meta_train(run: Run, trainer: MetaTrainer, data: TaskData, iterations: int, label: str,
@@ -157,18 +159,21 @@ def meta_train(run: Run, trainer: MetaTrainer, data: TaskData, iterations: int, 
     return rows
 
 
-def score(run: Run, forward: Forward, data: TaskData, params: Params) -> dict:
-    """Metrics of a trained model: test (all, feedback, held-out), validation, training tasks.
+def score(run: Run, forward: Forward, data: TaskData, params: Params, label: str,
+          log: Callable[[str], None] = print) -> dict:
+    """Metrics of a trained model: test (all, feedback, held-out), validation, training tasks;
+    progress lines start with `[label]`.
 
     Training tasks are the dataset's own (never meta-augmented): pre-adaptation accuracy on
     them is the memorisation index.
     """
-    def scored(episodes) -> dict[str, torch.Tensor]:
-        return evaluate_episodes(run, forward, data, params, episodes)
+    def scored(name: str, episodes) -> dict[str, torch.Tensor]:
+        progress = Progress(f"[{label}] {name}", len(episodes), "episodes scored", log)
+        return evaluate_episodes(run, forward, data, params, episodes, progress=progress)
 
-    test, val = scored(data.test), scored(data.val)
-    train_tasks = scored(data.train.sample(MEMORISATION_TASKS,
-                                           seeded(run.seed, "memorisation", run.device)))
+    test, val = scored("test", data.test), scored("validation", data.val)
+    train_tasks = scored("training tasks", data.train.sample(MEMORISATION_TASKS,
+                                                             seeded(run.seed, "memorisation", run.device)))
     groups = split_summary_inputs(test, min(run.feedback.tasks, len(data.test)))
     return {"test": summarise(test),
             **{f"test_{name}": summarise(g) for name, g in groups.items() if len(next(iter(g.values())))},

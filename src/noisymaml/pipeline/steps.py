@@ -75,7 +75,7 @@ def evaluate(dataset: str, method: str) -> str:
     data = run.task_data()
     model, params, _ = load_model(model_path(dataset, method), run.device)
     forward = run.forward(model)
-    metrics = score(run, forward, data, params)
+    metrics = score(run, forward, data, params, f"evaluate {dataset}/{method}")
     write_json(metrics_path(dataset, method), metrics)
     save_gradients(gradients_path(dataset, method), run, data, forward, params)
     return f"[evaluate {dataset}/{method}] test {metrics['test']}"
@@ -98,4 +98,5 @@ def feedback(dataset: str) -> None:
         rows = meta_train(run, trainer, data, run.feedback.iterations, label,
                           {"feedback": run.feedback.model_dump(), "variant": variant}, weighing[variant])
         _finish(run, label, trainer, spec, rows)
-        write_json(metrics_path(dataset, label), score(run, trainer.forward, data, trainer.meta_params()))
+        write_json(metrics_path(dataset, label), score(run, trainer.forward, data, trainer.meta_params(),
+                                                       f"feedback {dataset}/{label}"))
