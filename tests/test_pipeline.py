@@ -83,8 +83,11 @@ def test_second_repro_does_nothing(project: Path):
     assert "up to date" in result.stdout
 
 
-@pytest.mark.parametrize("module, expected", [("reporting/report.py", {"report"}),
-                                              ("reporting/sweep.py", {"report"}),
+REPORTING = {"report", "summary@sinusoid", "summary@omniglot"}
+
+
+@pytest.mark.parametrize("module, expected", [("reporting/report.py", REPORTING),
+                                              ("reporting/sweep.py", REPORTING),
                                               ("predict.py", set()), ("cli.py", set())])
 def test_editing_report_or_command_code_retrains_nothing(project: Path, module, expected):
     path = project / "src" / "noisymaml" / module

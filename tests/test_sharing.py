@@ -6,7 +6,7 @@ tiny params (no archives needed)."""
 from __future__ import annotations
 
 import json
-import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +26,7 @@ def readme_exp_show() -> list[str]:
     """The README's command for a compact `dvc exp show` table."""
     line = next(line for line in (ROOT / "README.md").read_text().splitlines()
                 if line.startswith("dvc exp show --only-changed"))
-    return re.findall(r"'[^']*'|\S+", line.split("  #")[0])
+    return shlex.split(line.split("  #")[0])
 
 
 @pytest.fixture(scope="module")
@@ -90,5 +90,6 @@ def test_experiments_carry_their_summary_and_the_readme_table_fits_a_terminal(sh
     assert summaries[0.3]["noisy_maml"] != summaries[0.0]["noisy_maml"]
     wide = {**stage_env(), "COLUMNS": "1000"}  # the table as wide as it is, not cut to a terminal
     table = subprocess.run(readme_exp_show(), cwd=root, env=wide, capture_output=True, text=True, check=True).stdout
-    assert "sinusoid.noisy_maml.test" in table and "noise.sigma" in table
+    assert "sinusoid.noisy_maml.test" in table and "sinusoid.noisy_maml.memorisation" in table
+    assert "noise.sigma" in table and "ci95" not in table and "data/" not in table
     assert max(map(len, table.splitlines())) <= 120, table
