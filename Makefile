@@ -5,6 +5,8 @@
 # and for studies:
 #   make sweep DATASET=sinusoid   the sigma x placement x seed sweep as DVC experiments, then
 #                                 reports/sweep_<dataset>.md (after `make repro`)
+#   make remote URL=...           the DVC remote that `dvc push`/`dvc pull` and `dvc exp push`/
+#                                 `dvc exp pull` use (a folder, s3://, ssh://, ...); commit .dvc/config
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -20,7 +22,7 @@ DATASET ?= sinusoid
 # Extra options of `noisymaml sweep run`, e.g. SWEEP_ARGS='--sigmas 0,0.01,0.1 --seeds 0 --no-feedback'
 SWEEP_ARGS ?=
 
-.PHONY: repro test archives sweep
+.PHONY: repro test archives sweep remote
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || python3 -m venv $(VENV)
@@ -42,3 +44,8 @@ test: $(STAMP)
 
 sweep: repro
 	noisymaml sweep run --dataset $(DATASET) $(SWEEP_ARGS)
+
+remote: $(STAMP)
+	@test -n "$(URL)" || { echo "usage: make remote URL=<folder or s3://, ssh://, ... URL>" >&2; exit 2; }
+	dvc remote add --default --force storage "$(URL)"
+	@echo "DVC remote 'storage' -> $(URL): commit .dvc/config, then dvc push (README: Sharing)"

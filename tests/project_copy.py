@@ -1,4 +1,5 @@
-"""A fresh copy of the project (git-tracked and new files) to run DVC and the stages in."""
+"""A fresh copy of the project (git-tracked and new files) to run DVC and the stages in, and the
+tiny params that make a whole `dvc repro` of it take a minute or two."""
 
 from __future__ import annotations
 
@@ -37,3 +38,18 @@ def copy_project(root: Path, params: dict) -> None:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, root / name)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def tiny_params() -> dict:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["device"] = "cpu"
+    params["feedback"].update(iterations=2, tasks=3)
+    sinusoid = params["sinusoid"]
+    sinusoid["tasks"].update(test_episodes=12, val_episodes=6)
+    sinusoid["train"].update(iterations=6, log_every=3, checkpoint_every=3, val_tasks=4)
+    omniglot = params["omniglot"]
+    omniglot["tasks"].update(ways=5, test_episodes=8, val_episodes=4, feedback_classes=5, feedback_episodes=4,
+                             split={"train": 20, "val": 10, "test": 10})
+    omniglot["model"]["filters"] = 8
+    omniglot["train"].update(iterations=2, meta_batch=2, log_every=1, checkpoint_every=1, val_tasks=2)
+    return params

@@ -1,7 +1,7 @@
 """Adding a method or a dataset is one new file plus one registry line (README: Extending).
 
 A toy method and a toy dataset from tests/toys/ go into a copy of the project exactly as the
-README's recipes say, and a tiny `dvc repro` trains, evaluates, feeds back and reports them.
+recipes in the README say, and a tiny `dvc repro` trains, evaluates, feeds back and reports them.
 """
 
 from __future__ import annotations

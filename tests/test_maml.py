@@ -194,9 +194,11 @@ def test_batched_and_looped_evaluation_agree(request, setup):
     for k in a:
         assert a[k].shape == (len(tasks),)
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-5)
+    done = []
     limited = evaluate(forward, objective, params, FixedTasks(tasks), inner, chunk=2, limit=3,
-                       batched=False)
+                       batched=False, progress=done.append)
     assert all(torch.equal(limited[k], b[k][:3]) for k in b)
+    assert done == [2, 3]  # after each chunk
 
 
 def float32_conv_tasks(n_tasks: int, seed: int, ways: int = 5, size: int = 12):

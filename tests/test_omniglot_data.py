@@ -61,10 +61,14 @@ def test_real_archives_decode_to_242_characters_with_bright_strokes(real_archive
     assert images.max() == 255
 
 
-def test_tiny_archive_loads_with_right_shape_and_order(tmp_path):
+def test_tiny_archive_loads_with_right_shape_and_order(tmp_path, capsys):
     _tiny_zip(tmp_path / "mine.zip", _tiny_counts(), prefix="images_mine/")
     archives = omniglot.fetch_archives(tmp_path, download=False)
     images, names = omniglot.load_characters(archives, image_size=6)
+    assert capsys.readouterr().out.splitlines() == [  # progress: the first, then each quarter
+        "[omniglot] decoding: 1/6 characters", "[omniglot] decoding: 2/6 characters",
+        "[omniglot] decoding: 3/6 characters", "[omniglot] decoding: 5/6 characters",
+        "[omniglot] decoding: 6/6 characters"]
     assert images.shape == (6, 4, 6, 6)
     assert names[0] == "Alpha0/character01" and names == sorted(names)
     # drawer order follows file names: 0000 is black (inverted to 255), 0001 white (inverted to 0)

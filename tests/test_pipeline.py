@@ -20,28 +20,13 @@ from PIL import Image
 from noisymaml import predict
 from noisymaml.core.models import load_model
 from noisymaml.pipeline import run as run_module
-from project_copy import ROOT, copy_project, run, stage_env
+from project_copy import ROOT, copy_project, run, stage_env, tiny_params
 
 ARCHIVES = ROOT.parent / "shared" / "data" / "omniglot"
 METHODS = ("maml", "mr_maml_w", "noisy_maml", "noisy_maml_feedback", "noisy_maml_continued")
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not list(ARCHIVES.glob("*.zip")),
                                                    reason=f"no Omniglot archives in {ARCHIVES}")]
-
-
-def tiny_params() -> dict:
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["device"] = "cpu"
-    params["feedback"].update(iterations=2, tasks=3)
-    sinusoid = params["sinusoid"]
-    sinusoid["tasks"].update(test_episodes=12, val_episodes=6)
-    sinusoid["train"].update(iterations=6, log_every=3, checkpoint_every=3, val_tasks=4)
-    omniglot = params["omniglot"]
-    omniglot["tasks"].update(ways=5, test_episodes=8, val_episodes=4, feedback_classes=5, feedback_episodes=4,
-                             split={"train": 20, "val": 10, "test": 10})
-    omniglot["model"]["filters"] = 8
-    omniglot["train"].update(iterations=2, meta_batch=2, log_every=1, checkpoint_every=1, val_tasks=2)
-    return params
 
 
 @pytest.fixture(scope="module")
@@ -80,14 +65,32 @@ def test_report_and_curves_written(project: Path):
         assert curve[0].startswith("iteration,") and curve[-1].split(",")[0] == str(iterations)
 
 
+def test_dvc_metrics_are_the_summaries_and_plots_compare_every_method(project: Path):
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], project).stdout)
+    [files] = [rev["data"] for rev in shown.values()]
+    assert set(files) == {"metrics/sinusoid.json", "metrics/omniglot.json"}
+    assert set(files["metrics/omniglot.json"]["data"]["omniglot"]) == set(METHODS)
+    plots = json.loads(run(["dvc", "plots", "show", "--json"], project).stdout)
+    assert not plots.get("errors")
+    for dataset in ("sinusoid", "omniglot"):
+        for chart in ("validation", "memorisation"):
+            [drawn] = plots["data"][f"{dataset} {chart}"]
+            assert {point["method"] for point in drawn["content"]["data"]["values"]} == set(METHODS)
+    assert sorted(name for name in plots["data"] if name.startswith("reports/figures/")) == [
+        f"reports/figures/{d}_{kind}.png" for d in ("omniglot", "sinusoid") for kind in ("curves", "test")]
+
+
 def test_second_repro_does_nothing(project: Path):
     result = run(["dvc", "repro"], project)
     assert "Running stage" not in result.stdout
     assert "up to date" in result.stdout
 
 
-@pytest.mark.parametrize("module, expected", [("reporting/report.py", {"report"}),
-                                              ("reporting/sweep.py", {"report"}),
+REPORTING = {"report", "summary@sinusoid", "summary@omniglot"}
+
+
+@pytest.mark.parametrize("module, expected", [("reporting/report.py", REPORTING),
+                                              ("reporting/sweep.py", REPORTING),
                                               ("predict.py", set()), ("cli.py", set())])
 def test_editing_report_or_command_code_retrains_nothing(project: Path, module, expected):
     path = project / "src" / "noisymaml" / module

@@ -13,6 +13,7 @@ from noisymaml.errors import DataError
 from noisymaml.pipeline.params import read_params
 from noisymaml.pipeline.paths import curve_path, metrics_path
 from noisymaml.reporting.report import REPORT_FILE, align_curves, load_curves, load_metrics, write_report
+from noisymaml.reporting.summary import write_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -229,3 +230,33 @@ def test_stage_writes_report_and_turns_data_errors_into_one_line(workdir):
     result = CliRunner().invoke(main, [])
     assert result.exit_code == 2
     assert result.output.startswith("error: metrics/sinusoid/maml.json: not valid JSON")
+
+
+# --- the summary stage: DVC's metrics and plots ---------------------------------------------
+
+def test_summary_per_method_test_score_interval_and_memorisation(workdir):
+    write_summary("omniglot", _params())
+    summary = json.loads((workdir / "metrics" / "omniglot.json").read_text())["omniglot"]
+    assert sorted(summary) == sorted(METHODS)  # the stale fomaml file is left out
+    assert summary["maml"] == {"test": 0.5, "test_ci95": 0.01, "memorisation": pytest.approx(0.23)}
+    assert summary["noisy_maml_feedback"]["test"] == 0.7
+    write_summary("sinusoid", _params())
+    sinusoid = json.loads((workdir / "metrics" / "sinusoid.json").read_text())["sinusoid"]
+    assert sinusoid["maml"] == {"test": 0.9, "test_ci95": 0.01, "memorisation": pytest.approx(0.63)}
+    assert "noisy_maml_feedback" not in sinusoid  # its file is missing
+
+
+def test_summary_curves_are_one_long_table_with_feedback_runs_continuing(workdir):
+    write_summary("omniglot", _params())
+    with (workdir / "plots" / "omniglot.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["iteration", "method", "val_acc_post", "train_acc_pre"]
+    assert [(r["method"], r["iteration"]) for r in rows] == [
+        (m, str(i)) for m in METHODS for i in ((75, 100) if m.endswith(("_feedback", "_continued")) else (25, 50))]
+    assert float(rows[1]["val_acc_post"]) == pytest.approx(0.5)  # maml at 50: 0.5 * 50 / 50
+
+
+def test_summary_without_results_names_the_folders(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match="no results of maml, .* in metrics/omniglot/ and plots/omniglot/"):
+        write_summary("omniglot", _params())

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from noisymaml.cli import main
 from noisymaml.errors import DataError
-from noisymaml.reporting.sweep import choose, collect, queue_commands, sweep_rows, sweep_table, write_sweep_report
+from noisymaml.reporting import experiments
+from noisymaml.reporting.experiments import git_file, queue_commands, with_method_files
+from noisymaml.reporting.sweep import choose, collect, sweep_files, sweep_rows, sweep_table, write_sweep_report
 
 METHODS = ("noisy_maml", "noisy_maml_feedback", "noisy_maml_continued")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -50,9 +54,9 @@ def doc() -> list:
 def test_sigma_zero_is_queued_once_per_seed_and_the_rest_per_placement():
     commands = queue_commands("omniglot", (0.0, 0.01, 0.1), (0, 1), ("inner", "both"))
     assert commands == [
-        ["dvc", "exp", "run", "--queue", "-S", "seed=0,1", "-S", "noise.sigma=0", "feedback@omniglot"],
+        ["dvc", "exp", "run", "--queue", "-S", "seed=0,1", "-S", "noise.sigma=0", "summary@omniglot"],
         ["dvc", "exp", "run", "--queue", "-S", "seed=0,1", "-S", "noise.sigma=0.01,0.1",
-         "-S", "noise.where=inner,both", "feedback@omniglot"]]
+         "-S", "noise.where=inner,both", "summary@omniglot"]]
     quick = queue_commands("sinusoid", (0.0,), (3,), ("both",), feedback=False)
     assert quick == [["dvc", "exp", "run", "--queue", "-S", "seed=3", "-S", "noise.sigma=0",
                       "evaluate_noisy@sinusoid-maml"]]
@@ -208,3 +212,69 @@ def test_a_document_of_the_wrong_shape_is_one_line_naming_the_file(doc, tmp_path
     assert result.exit_code == 2 and isinstance(result.exception, SystemExit), (result.output, result.exception)
     assert result.stderr.startswith("error: exp.json: not the JSON of `dvc exp show --json`")
     assert len(result.stderr.splitlines()) == 1
+
+
+def test_bad_placement_is_refused_before_anything_is_queued(monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("queued")
+    monkeypatch.setattr(experiments, "run_queue", never)
+    result = CliRunner().invoke(main, ["sweep", "run", "--dataset", "sinusoid", "--where", "inner,sideways"])
+    assert result.exit_code == 2
+    assert "'sideways' is not one of 'inner', 'outer', 'both'" in result.output
+
+
+# --- per-method files read from each experiment's commit (they are not DVC metrics) -----------
+
+def without_method_files(doc: list) -> tuple[list, dict[tuple[str, str], str]]:
+    """The document as `dvc exp show` gives it now (summary metrics only), and the per-method
+    files as each commit holds them: {(rev, path): text}."""
+    commits = {}
+    for baseline in doc:
+        for rev in [baseline, *(exp["revs"][0] for exp in baseline.get("experiments") or [])]:
+            metrics = rev["data"]["metrics"]
+            for path in list(metrics):
+                commits[(rev["rev"], path)] = json.dumps(metrics.pop(path)["data"])
+            metrics["metrics/sinusoid.json"] = {"data": {"maml": {"test": 1.0}}}
+    return doc, commits
+
+
+def test_method_files_come_from_each_experiments_commit(doc):
+    expected = sweep_table(sweep_rows(collect(copy.deepcopy(doc), "sinusoid")[0], "sinusoid"), "sinusoid")
+    bare, commits = without_method_files(doc)
+    with pytest.raises(DataError, match="no metrics/sinusoid/noisy_maml.json"):
+        collect(copy.deepcopy(bare), "sinusoid")
+    read = []
+
+    def reader(rev: str, path: str) -> str | None:
+        read.append(rev)
+        return commits.get((rev, path))
+    filled = with_method_files(bare, sweep_files("sinusoid"), reader)
+    assert sweep_table(sweep_rows(collect(filled, "sinusoid")[0], "sinusoid"), "sinusoid") == expected
+    assert "queued" not in read and "failed" not in read  # no commit of their own to read
+
+
+def test_files_the_document_holds_are_kept():
+    doc = document(experiment("a", 0.5, 0, val=1.0, test=2.0))
+    before = copy.deepcopy(doc)
+    assert with_method_files(doc, sweep_files("sinusoid"), lambda rev, path: "{broken") == before
+
+
+def test_a_broken_file_in_a_commit_names_the_experiment_and_file():
+    doc, commits = without_method_files(document(experiment("a", 0.5, 0, val=1.0, test=2.0)))
+    with pytest.raises(DataError, match="experiment a: metrics/sinusoid/noisy_maml.json is not valid JSON"):
+        with_method_files(doc, sweep_files("sinusoid"),
+                          lambda rev, path: "{broken" if rev == "a" else commits[(rev, path)])
+
+
+def test_git_file_reads_a_commit(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run(["git", "init", "-q"], check=True)
+    Path("m.json").write_text('{"test": 1}')
+    subprocess.run([*git, "add", "m.json"], check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    Path("m.json").write_text('{"test": 2}')
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    assert git_file(head, "m.json") == '{"test": 1}'
+    assert git_file(head, "absent.json") is None
+    assert git_file("0" * 40, "m.json") is None

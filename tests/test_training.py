@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from noisymaml.core.training import (
     NOISE_STREAM,
     Checkpoint,
     TrainingDiverged,
+    clock,
     fingerprint,
     train,
 )
@@ -206,6 +208,22 @@ def test_curve_rows_are_window_means_of_the_steps(make_trainer, sinusoid, valida
         for key in ("loss_pre", "loss_post"):
             assert row[f"train_{key}"] == pytest.approx(sum(s[key] for s in window) / len(window))
     assert rows[-1]["val_loss_post"] == pytest.approx(validate(trainer.meta_params())["loss_post"])
+
+
+def test_progress_lines_show_the_eta_as_hours_minutes_seconds(make_trainer, sinusoid, validate, tmp_path):
+    lines = []
+    train(make_trainer(NOISE), sinusoid, ITERATIONS, LOG_EVERY, validate,
+          Checkpoint(tmp_path / "c.pt", EVERY, "run-a"), "eta", log=lines.append)
+    progress = [line for line in lines if " it " in line]
+    assert len(progress) == 4
+    assert all(re.search(r"  eta \d+:\d\d:\d\d$", line) for line in progress), progress
+    assert progress[-1].endswith("eta 0:00:00")
+
+
+@pytest.mark.parametrize("seconds, shown", [(0, "0:00:00"), (59.4, "0:00:59"), (61, "0:01:01"),
+                                            (3725, "1:02:05"), (90061, "25:01:01"), (None, "-:--:--")])
+def test_clock(seconds, shown):
+    assert clock(seconds) == shown
 
 
 @pytest.mark.parametrize("interrupt", ["validate", "source"])

@@ -1,21 +1,49 @@
-"""The `noisymaml` command: `predict` on a user's images, `sweep run|report` for a sigma sweep."""
+"""The `noisymaml` command: `predict` on a user's images, `sweep run|report` for a sigma sweep.
+
+Only click and light modules load at start, so `noisymaml --help` answers at once: each command
+imports torch, matplotlib and the library it needs in its own body.
+"""
 
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import click
 
-from noisymaml.core.devices import resolve_device
-from noisymaml.datasets import DATASETS
+from noisymaml.datasets import MODULES as DATASET_NAMES
 from noisymaml.errors import DataError, stage
-from noisymaml.predict import predict_folders, summary, write_predictions
-from noisymaml.reporting.sweep import PLACEMENTS, SEEDS, SIGMAS, queue_commands, run_queue, write_sweep_report
+from noisymaml.reporting.experiments import PLACEMENTS, SEEDS, SIGMAS
+
+REPORTS = Path("reports")
+
+
+class ChoiceList(click.Choice):
+    """Comma-separated values, each one of the choices (`--where inner,both`): a value outside
+    them is refused while the command line is parsed, before any work."""
+
+    name = "choice list"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):  # already converted (a default given as a tuple)
+            return value
+        return tuple(super(ChoiceList, self).convert(part.strip(), param, ctx) for part in value.split(","))
+
+    def get_metavar(self, param, ctx) -> str:
+        return f"{super().get_metavar(param, ctx)},..."
+
+
+def _numbers(kind):
+    def parse(ctx, param, value: str):
+        try:
+            return tuple(kind(v) for v in value.split(","))
+        except ValueError:
+            raise click.BadParameter(f"expected comma-separated {kind.__name__} values, got {value!r}") from None
+    return parse
 
 
 @click.group()
+@click.version_option(package_name="noisymaml", prog_name="noisymaml")
 def main() -> None:
     """noisymaml: noisy MAML against meta-overfitting (the pipeline runs with `dvc repro`)."""
 
@@ -55,6 +83,9 @@ def predict(model_file: Path, support_dir: Path, query_dir: Path, steps: int | N
 
     Runs on CUDA when available, else on the CPU.
     """
+    from noisymaml.core.devices import resolve_device
+    from noisymaml.predict import predict_folders, summary, write_predictions
+
     result = predict_folders(model_file, support_dir, query_dir, steps, inner_lr, resolve_device("auto"))
     for message in result.skipped:
         click.echo(f"skipped: {message}", err=True)
@@ -62,53 +93,52 @@ def predict(model_file: Path, support_dir: Path, query_dir: Path, steps: int | N
     click.echo(summary(result, output))
 
 
-REPORTS = Path("reports")
-
-
-def _numbers(kind):
-    def parse(ctx, param, value: str):
-        try:
-            return tuple(kind(v) for v in value.split(","))
-        except ValueError:
-            raise click.BadParameter(f"expected comma-separated {kind.__name__} values, got {value!r}") from None
-    return parse
-
-
 @main.group()
 def sweep() -> None:
     """A sigma x placement x seed sweep as DVC experiments, and its report in reports/."""
 
 
+DATASET_OPTION = click.option("--dataset", required=True, type=click.Choice(DATASET_NAMES),
+                              help="The dataset whose noisy MAML chain the sweep runs.")
+
+
 @sweep.command("run", short_help="Queue the sweep, run it one experiment at a time, write the report.")
-@click.option("--dataset", required=True, type=click.Choice(list(DATASETS)))
+@DATASET_OPTION
 @click.option("--sigmas", default=",".join(f"{s:g}" for s in SIGMAS), show_default=True,
               callback=_numbers(float), help="noise.sigma values (0 = plain MAML, run once per seed).")
-@click.option("--seeds", default=",".join(map(str, SEEDS)), show_default=True, callback=_numbers(int))
+@click.option("--seeds", default=",".join(map(str, SEEDS)), show_default=True, callback=_numbers(int),
+              help="seed values: every grid point runs once per seed.")
 @click.option("--where", "placements", default=",".join(PLACEMENTS), show_default=True,
-              callback=_numbers(str), help="noise.where values (inner, outer, both).")
+              type=ChoiceList(PLACEMENTS), help="noise.where values: where the noise goes.")
 @click.option("--feedback/--no-feedback", default=True, show_default=True,
               help="Also run the feedback ablation in every experiment (about twice the time).")
 @stage
 def sweep_run(dataset: str, sigmas, seeds, placements, feedback: bool) -> None:
     """Queue `dvc exp run` over the grid, run the queue with one worker, then write
     reports/sweep_<dataset>.md. Needs a finished `make repro` (the archives in DVC's cache)."""
+    from noisymaml.reporting.experiments import exp_show, queue_commands, run_queue
+
     commands = queue_commands(dataset, sigmas, seeds, placements, feedback)
     for command in commands:
         click.echo("$ " + " ".join(command))
     run_queue(commands, log=click.echo)
-    _write_report(dataset, _exp_show())
+    _write_report(dataset, exp_show())
 
 
 @sweep.command("report", short_help="Write reports/sweep_<dataset>.md from the finished experiments.")
-@click.option("--dataset", required=True, type=click.Choice(list(DATASETS)))
+@DATASET_OPTION
 @click.option("--input", "source", default=None, type=click.File("r"),
               help="JSON saved from `dvc exp show --json` (default: run it here; - = standard input).")
 @stage
 def sweep_report(dataset: str, source) -> None:
     """Tabulate and plot the finished experiments: one row per (noise.where, sigma), mean ±
-    95% CI over seeds, and the configuration chosen on validation tasks alone."""
+    95% CI over seeds, and the configuration chosen on validation tasks alone. Each
+    experiment's per-method metrics files are read from its git commit (local or pulled with
+    `dvc exp pull`)."""
+    from noisymaml.reporting.experiments import exp_show
+
     if source is None:
-        _write_report(dataset, _exp_show())
+        _write_report(dataset, exp_show())
         return
     try:
         _write_report(dataset, json.load(source))
@@ -118,15 +148,12 @@ def sweep_report(dataset: str, source) -> None:
         raise DataError(f"{source.name}: {err}") from None
 
 
-def _exp_show() -> list:
-    result = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise DataError(f"`dvc exp show --json` failed: {result.stderr.strip()}")
-    return json.loads(result.stdout)
-
-
 def _write_report(dataset: str, doc: list) -> None:
-    click.echo(f"[sweep] wrote {write_sweep_report(doc, dataset, REPORTS)}")
+    from noisymaml.reporting.experiments import with_method_files
+    from noisymaml.reporting.sweep import sweep_files, write_sweep_report
+
+    path = write_sweep_report(with_method_files(doc, sweep_files(dataset)), dataset, REPORTS)
+    click.echo(f"[sweep] wrote {path}")
 
 
 if __name__ == "__main__":

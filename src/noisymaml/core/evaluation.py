@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -24,13 +25,17 @@ class EvaluationSet(Protocol):
 
 
 def evaluate(forward: Forward, objective: Objective, params: Params, episodes: EvaluationSet,
-             inner: InnerLoop, chunk: int, limit: int | None = None,
-             batched: bool = True) -> dict[str, torch.Tensor]:
-    """Per-episode pre/post-adaptation metrics on the CPU: {metric: [episodes]}."""
+             inner: InnerLoop, chunk: int, limit: int | None = None, batched: bool = True,
+             progress: Callable[[int], None] | None = None) -> dict[str, torch.Tensor]:
+    """Per-episode pre/post-adaptation metrics on the CPU: {metric: [episodes]}; `progress` is
+    called with the number of episodes done after each chunk."""
     total = len(episodes) if limit is None else min(limit, len(episodes))
-    parts = [evaluate_tasks(forward, objective, params, episodes.slice(start, min(start + chunk, total)),
-                            inner, batched)
-             for start in range(0, total, chunk)]
+    parts = []
+    for start in range(0, total, chunk):
+        stop = min(start + chunk, total)
+        parts.append(evaluate_tasks(forward, objective, params, episodes.slice(start, stop), inner, batched))
+        if progress is not None:
+            progress(stop)
     return {key: torch.cat([p[key] for p in parts]).cpu() for key in parts[0]}
 
 

@@ -285,7 +285,16 @@ def _start_over(checkpoint: Checkpoint, label: str, log: Callable[[str], None], 
 
 def _progress(label: str, row: dict, done: int, total: int, started: float, first: int) -> str:
     rate = (done - first) / max(time.perf_counter() - started, 1e-9)
-    eta = (total - done) / rate if rate > 0 else float("inf")
+    eta = (total - done) / rate if rate > 0 else None
     shown = "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "iteration")
     return f"[{label}] it {done}/{total} ({100 * done / total:.0f}%)  {shown}  " \
-           f"{rate:.2f} it/s  eta {eta:.0f}s"
+           f"{rate:.2f} it/s  eta {clock(eta)}"
+
+
+def clock(seconds: float | None) -> str:
+    """A duration as h:mm:ss (`-:--:--` when unknown)."""
+    if seconds is None:
+        return "-:--:--"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from noisymaml.core.progress import Progress
 from noisymaml.datasets.base import FINN, RAJENDRAN, FetchSettings, Reported
 from noisymaml.datasets.imagefiles import common_count, read_rgb, rgb
 from noisymaml.datasets.images import ImageDataset, ImagePools, ImageSettings, rgb_pools
@@ -160,9 +161,11 @@ def _load_csv(path: Path, image_size: int) -> tuple[np.ndarray, list[str]]:
     files = _csv_classes(path)
     names = list(files)
     images = np.empty((len(names), len(files[names[0]]), image_size, image_size, 3), dtype=np.uint8)
+    progress = Progress(f"[miniimagenet] decoding {path.name}", len(names), "classes")
     for c, label in enumerate(names):
         for k, image in enumerate(files[label]):
             images[c, k] = read_rgb(image, image_size)
+        progress(c + 1)
     return images, names
 
 

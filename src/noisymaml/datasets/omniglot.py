@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from pydantic import Field, model_validator
 
+from noisymaml.core.progress import Progress
 from noisymaml.core.tasks import seeded
 from noisymaml.datasets.base import FINN, YIN, FetchSettings, Reported
 from noisymaml.datasets.imagefiles import DECODE_ERRORS, common_count, grey
@@ -145,10 +146,12 @@ def load_characters(archives: list[Path], image_size: int) -> tuple[np.ndarray, 
         names = sorted(sources)
         n_drawers = common_count({name: len(sources[name][1]) for name in names}, "in the Omniglot archives")
         images = np.empty((len(names), n_drawers, image_size, image_size), dtype=np.uint8)
+        progress = Progress("[omniglot] decoding", len(names), "characters")
         for c, name in enumerate(names):
             zf, members = sources[name]
             for d, member in enumerate(members):
                 images[c, d] = _decode(zf, member, image_size)
+            progress(c + 1)
     return images, names
 
 

@@ -7,6 +7,7 @@ stages call) stays a few lines per stage.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from noisymaml.core.maml import Forward, InnerLoop, make_forward
 from noisymaml.core.metrics import MEMORISATION_TASKS, summarise
 from noisymaml.core.models import build_model, load_model
 from noisymaml.core.noise import GradientNoise
+from noisymaml.core.progress import Progress
 from noisymaml.core.tasks import seeded
 from noisymaml.core.training import Checkpoint, MetaTrainer, TrainerConfig, Weigher, fingerprint, train
 from noisymaml.datasets import DATASETS
@@ -132,12 +134,13 @@ class Run:
 
 
 def evaluate_episodes(run: Run, forward: Forward, data: TaskData, params: Params, episodes,
-                      what: str, limit: int | None = None) -> dict[str, torch.Tensor]:
+                      what: str, limit: int | None = None, progress: Progress | None = None
+                      ) -> dict[str, torch.Tensor]:
     """Per-episode metrics after the method's meta-test adaptation from `params`; a non-finite
     metric (`what`: which episodes) is an EvaluationDiverged, never a number."""
     inner = run.method.inner_loop(run.eval_inner, params)
     per_task = evaluate(forward, data.objective, run.method.evaluation_params(params), episodes,
-                        inner, run.config.eval.chunk, limit=limit, batched=run.batched)
+                        inner, run.config.eval.chunk, limit=limit, batched=run.batched, progress=progress)
     bad = non_finite(per_task)
     if bad:
         counts = ", ".join(f"{key} on {count}" for key, count in bad.items())
@@ -166,22 +169,23 @@ def meta_train(run: Run, trainer: MetaTrainer, data: TaskData, iterations: int, 
                  checkpoint, f"{run.dataset}/{label}", weigh)
 
 
-def score(run: Run, forward: Forward, data: TaskData, params: Params) -> dict:
-    """Metrics of a trained model: held-out test, feedback tasks, validation, training tasks.
+def score(run: Run, forward: Forward, data: TaskData, params: Params, label: str,
+          log: Callable[[str], None] = print) -> dict:
+    """Metrics of a trained model: held-out test, feedback tasks, validation, training tasks;
+    progress lines start with `[label]`.
 
     Test episodes are held out: their classes (and so images) never fed back. The feedback
     episodes are scored separately. Training tasks are the dataset's own (never
     meta-augmented): pre-adaptation accuracy on them is the memorisation index.
     """
-    def scored(episodes, what: str) -> dict[str, torch.Tensor]:
-        return evaluate_episodes(run, forward, data, params, episodes, what)
+    def scored(what: str, episodes, limit: int | None = None) -> dict[str, torch.Tensor]:
+        progress = Progress(f"[{label}] {what}", min(limit or len(episodes), len(episodes)), "episodes scored", log)
+        return evaluate_episodes(run, forward, data, params, episodes, what, limit, progress)
 
-    test, val = scored(data.test, "test episodes"), scored(data.val, "validation episodes")
-    train_tasks = scored(data.train.sample(MEMORISATION_TASKS,
-                                           seeded(run.seed, "memorisation", run.device)),
-                         "training tasks")
-    feedback = evaluate_episodes(run, forward, data, params, data.feedback, "feedback tasks",
-                                 feedback_count(run, data))
+    test, val = scored("test episodes", data.test), scored("validation episodes", data.val)
+    train_tasks = scored("training tasks", data.train.sample(MEMORISATION_TASKS,
+                                                             seeded(run.seed, "memorisation", run.device)))
+    feedback = scored("feedback tasks", data.feedback, feedback_count(run, data))
     return {"test": summarise(test), "test_feedback_tasks": summarise(feedback),
             "val": summarise(val), "train_tasks": summarise(train_tasks)}
 

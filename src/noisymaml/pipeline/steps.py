@@ -107,7 +107,7 @@ def evaluate(dataset: str, method: str) -> str:
     data = run.task_data()
     model, params, _ = load_model(model_path(dataset, method), run.device)
     forward = run.forward(model)
-    metrics = score(run, forward, data, params)
+    metrics = score(run, forward, data, params, f"evaluate {dataset}/{method}")
     write_json(metrics_path(dataset, method), metrics)
     save_gradients(gradients_path(dataset, method), run, data, forward, params)
     return f"[evaluate {dataset}/{method}] test {metrics['test']}"
@@ -141,4 +141,4 @@ def feedback(dataset: str) -> None:
                               {"feedback": settings.model_dump(), "variant": variant}, weighing[variant])
             _finish(run, label, trainer, spec, data, rows)
             write_json(metrics_path(dataset, label),
-                       score(run, trainer.forward, data, trainer.meta_params()))
+                       score(run, trainer.forward, data, trainer.meta_params(), f"feedback {dataset}/{label}"))

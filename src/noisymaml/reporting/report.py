@@ -223,14 +223,24 @@ class Settings:
 
     @property
     def reported_methods(self) -> list[str]:
-        """Trained methods, then the feedback runs on `feedback.method` when it is trained."""
-        resumed = self.feedback.method
-        extra = [f"{resumed}_{v}" for v in FEEDBACK_VARIANTS] if resumed in self.methods else []
-        return [*self.methods, *extra]
+        return with_feedback_runs(self.methods, self.feedback.method)
 
     def chance(self, dataset: str) -> float | None:
         """1/ways for classification datasets; None where there is no chance level."""
         return DATASETS[dataset].chance(self.datasets[dataset])
+
+
+def with_feedback_runs(methods: list[str], resumed: str) -> list[str]:
+    """Trained methods, then the feedback runs on `resumed` (`feedback.method`) when it is trained."""
+    extra = [f"{resumed}_{v}" for v in FEEDBACK_VARIANTS] if resumed in methods else []
+    return [*methods, *extra]
+
+
+def reported_methods(params: dict) -> tuple[list[str], str]:
+    """The methods a report or summary shows, from `methods`, `noisy_methods` and
+    `feedback.method` alone; and `feedback.method`, whose curve the feedback runs continue."""
+    resumed = parse_section(params, "feedback", FeedbackParams).method
+    return with_feedback_runs(trained_methods(params), resumed), resumed
 
 
 def write_default_report() -> Path:

@@ -1,20 +1,17 @@
-"""The sigma sweep: queue it as DVC experiments, then tabulate and plot what finished.
+"""The sigma sweep's report: tabulate and plot the finished experiments.
 
     noisymaml sweep run --dataset sinusoid        # queue, run one at a time, write the report
-    noisymaml sweep report --dataset sinusoid     # (re)write it from `dvc exp show --json`
+    noisymaml sweep report --dataset sinusoid     # (re)write it from the experiments
 
-Every run is a `dvc exp run` of the noisy chain (`feedback@<dataset>`, which trains noisy MAML,
-evaluates it and runs the feedback ablation; or only up to the evaluation) at one
-(noise.where, noise.sigma, seed); sigma 0
-is run once per seed (noise off: the placement means nothing) and is plain MAML. Rows are
-means ± 95% CI over seeds. The configuration is chosen on the validation tasks alone; the test
-columns are reported, never used to choose. Failed experiments are listed, not dropped silently.
+Every run is a `dvc exp run` (queued by `reporting.experiments`) of the noisy chain at one
+(noise.where, noise.sigma, seed); sigma 0 is run once per seed (noise off: the placement means
+nothing) and is plain MAML. Rows are means ± 95% CI over seeds. The configuration is chosen on
+the validation tasks alone; the test columns are reported, never used to choose. Failed
+experiments are listed, not dropped silently.
 """
 
 from __future__ import annotations
 
-import subprocess
-import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +21,10 @@ from matplotlib.figure import Figure
 
 from noisymaml.core.metrics import mean_ci95
 from noisymaml.datasets import DATASETS
-from noisymaml.errors import DataError, NoisyMamlError
+from noisymaml.errors import DataError
 from noisymaml.pipeline.paths import metrics_path
+from noisymaml.reporting.experiments import PLACEMENTS
 
-SIGMAS = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0)  # log-spaced, and 0 (plain MAML)
-SEEDS = (0, 1, 2)
-PLACEMENTS = ("inner", "outer", "both")
 NO_NOISE = "off"
 SWEPT = ("noise", "seed")  # the params.yaml sections a sweep varies
 # (column title, method, metrics group, pre/post)
@@ -68,50 +63,6 @@ class FailedRun:
     name: str
     params: str
     error: str
-
-
-# --- queueing -----------------------------------------------------------------------------
-
-def queue_commands(dataset: str, sigmas=SIGMAS, seeds=SEEDS, placements=PLACEMENTS,
-                   feedback: bool = True) -> list[list[str]]:
-    """`dvc exp run --queue` grids: sigma 0 once per seed, every other sigma per placement.
-
-    Without feedback each run stops after evaluating noisy MAML (about half the time)."""
-    def grid(key: str, values) -> list[str]:
-        return ["-S", f"{key}={','.join(f'{v:g}' if isinstance(v, float) else str(v) for v in values)}"]
-
-    target = f"feedback@{dataset}" if feedback else f"evaluate_noisy@{dataset}-maml"
-    base = ["dvc", "exp", "run", "--queue", *grid("seed", seeds)]
-    commands = []
-    if 0 in sigmas:
-        commands.append([*base, *grid("noise.sigma", [0.0]), target])
-    noisy = [s for s in sigmas if s != 0]
-    if noisy:
-        commands.append([*base, *grid("noise.sigma", noisy), *grid("noise.where", placements), target])
-    return commands
-
-
-def run_queue(commands: list[list[str]], poll_seconds: float = 30.0, log=print) -> None:
-    """Queue the experiments, run them one at a time (two torch runs on a small CPU each slow
-    down several-fold), and wait until the queue is empty."""
-    for command in commands:
-        _checked(command)
-    _checked(["dvc", "queue", "start", "--jobs", "1"])
-    while True:
-        status = _checked(["dvc", "queue", "status"])
-        waiting = [line for line in status.splitlines() if " Queued " in f" {line} " or
-                   " Running " in f" {line} "]
-        if not waiting:
-            return
-        log(f"[sweep] {len(waiting)} experiment(s) queued or running")
-        time.sleep(poll_seconds)
-
-
-def _checked(command: list[str]) -> str:
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise NoisyMamlError(f"`{' '.join(command)}` failed: {result.stderr.strip() or result.stdout.strip()}")
-    return result.stdout
 
 
 # --- collecting ---------------------------------------------------------------------------
@@ -234,6 +185,11 @@ def choose(rows: list[Row], dataset: str) -> Row:
     """The row with the best validation score: test columns never enter."""
     better = max if metric_key(dataset) == "acc" else min
     return better(rows, key=lambda row: row.cells["validation, post"][0])
+
+
+def sweep_files(dataset: str) -> list[str]:
+    """The per-method metrics files the table reads (not declared as DVC metrics)."""
+    return [metrics_path(dataset, method).as_posix() for method in dict.fromkeys(m for _, m, _, _ in COLUMNS)]
 
 
 def metric_key(dataset: str) -> str:
