@@ -12,7 +12,15 @@ from noisymaml.core.devices import resolve_device
 from noisymaml.datasets import DATASETS
 from noisymaml.errors import DataError, stage
 from noisymaml.predict import predict_folders, summary, write_predictions
-from noisymaml.reporting.sweep import PLACEMENTS, SEEDS, SIGMAS, queue_commands, run_queue, write_sweep_report
+from noisymaml.reporting.sweep import (
+    PLACEMENTS,
+    SEEDS,
+    SIGMAS,
+    Shard,
+    queue_commands,
+    run_queue,
+    write_sweep_report,
+)
 
 
 @click.group()
@@ -72,6 +80,14 @@ def _numbers(kind):
     return parse
 
 
+def _shard(ctx, param, value: str) -> Shard:
+    try:
+        index, count = (int(part) for part in value.split("/"))
+        return Shard(index, count)
+    except ValueError:
+        raise click.BadParameter(f"expected i/n with 1 <= i <= n (e.g. 2/3), got {value!r}") from None
+
+
 @main.group()
 def sweep() -> None:
     """A sigma x placement x seed sweep as DVC experiments, and its report in reports/."""
@@ -86,14 +102,26 @@ def sweep() -> None:
               callback=_numbers(str), help="noise.where values (inner, outer, both).")
 @click.option("--feedback/--no-feedback", default=True, show_default=True,
               help="Also run the feedback ablation in every experiment (about twice the time).")
+@click.option("--shard", default="1/1", show_default=True, callback=_shard,
+              help="Queue only the i-th of n shares of the grid (one per machine; the shares "
+                   "partition it). Push them with `dvc exp push`, report after `dvc exp pull`.")
+@click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Experiments run at once: the number of GPUs (each run takes its own).")
+@click.option("--poll", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Seconds between looks at the queue.")
 @stage
-def sweep_run(dataset: str, sigmas, seeds, placements, feedback: bool) -> None:
-    """Queue `dvc exp run` over the grid, run the queue with one worker, then write
-    reports/sweep_<dataset>.md. Needs a finished `make repro` (the archives in DVC's cache)."""
-    commands = queue_commands(dataset, sigmas, seeds, placements, feedback)
+def sweep_run(dataset: str, sigmas, seeds, placements, feedback: bool, shard: Shard, jobs: int,
+              poll: float) -> None:
+    """Queue `dvc exp run` over the grid (or its --shard), run the queue with --jobs workers,
+    then write reports/sweep_<dataset>.md from this machine's experiments. Needs a finished
+    `make repro` (the archives in DVC's cache)."""
+    commands = queue_commands(dataset, sigmas, seeds, placements, feedback, shard)
+    if not commands:
+        click.echo(f"[sweep] shard {shard.index}/{shard.count}: no grid point falls to this share")
+        return
     for command in commands:
         click.echo("$ " + " ".join(command))
-    run_queue(commands, log=click.echo)
+    run_queue(commands, jobs, poll, log=click.echo)
     _write_report(dataset, _exp_show())
 
 

@@ -9,7 +9,8 @@ from torch.func import vmap
 
 from noisymaml.core import Params
 from noisymaml.core.maml import Forward, InnerLoop, Objective, evaluate_tasks, support_gradient
-from noisymaml.core.tasks import TaskBatch
+from noisymaml.core.metrics import MEMORISATION_TASKS
+from noisymaml.core.tasks import TaskBatch, TaskSource, seeded
 
 
 class EvaluationSet(Protocol):
@@ -27,6 +28,11 @@ def evaluate(forward: Forward, objective: Objective, params: Params, episodes: E
                             inner, batched)
              for start in range(0, total, chunk)]
     return {key: torch.cat([p[key] for p in parts]).cpu() for key in parts[0]}
+
+
+def memorisation_tasks(source: TaskSource, seed: int, device: torch.device) -> TaskBatch:
+    """The fixed training tasks whose pre-adaptation score is the memorisation index."""
+    return source.sample(MEMORISATION_TASKS, seeded(seed, "memorisation", device))
 
 
 def capture_gradients(forward: Forward, objective: Objective, params: Params,

@@ -14,12 +14,12 @@ import torch
 
 from noisymaml.core import Params
 from noisymaml.core.devices import resolve_device
-from noisymaml.core.evaluation import capture_gradients, evaluate, split_summary_inputs
+from noisymaml.core.evaluation import capture_gradients, evaluate, memorisation_tasks, split_summary_inputs
 from noisymaml.core.files import save_atomic
-from noisymaml.core.maml import Forward, InnerLoop, make_forward
-from noisymaml.core.metrics import MEMORISATION_TASKS, summarise
+from noisymaml.core.maml import Forward, InnerLoop, auto_batched, make_forward
+from noisymaml.core.metrics import summarise
 from noisymaml.core.noise import GradientNoise
-from noisymaml.core.tasks import TaskSource, seeded
+from noisymaml.core.tasks import TaskSource
 from noisymaml.core.training import Checkpoint, MetaTrainer, TrainerConfig, Weigher, fingerprint, train
 from noisymaml.datasets import DATASETS
 from noisymaml.datasets.base import Dataset, TaskData
@@ -71,10 +71,12 @@ class Run:
         settings = getattr(parse_section(data, "algorithms", AlgorithmsParams, params_file), algorithm)
         noise = (gradient_noise(parse_section(data, "noise", NoiseParams, params_file))
                  if method != algorithm else GradientNoise())
+        seed, config = parse_seed(data, params_file), parse_dataset(data, dataset, params_file)
+        feedback = parse_section(data, "feedback", FeedbackParams, params_file)
+        # last, once every setting is valid: `auto` may wait for a GPU of its own
+        device = resolve_device(parse_device(data, params_file), exclusive=True)
         return cls(dataset, method, algorithm, METHODS[algorithm](**settings.model_dump()), settings,
-                   parse_seed(data, params_file), resolve_device(parse_device(data, params_file)),
-                   parse_dataset(data, dataset, params_file), noise,
-                   parse_section(data, "feedback", FeedbackParams, params_file))
+                   seed, device, config, noise, feedback)
 
     @property
     def spec(self) -> Dataset:
@@ -96,7 +98,7 @@ class Run:
     def batched(self) -> bool:
         """Tasks through vmap together, or one by one (`train.batched_tasks`; auto = vmap on CUDA)."""
         choice = self.config.train.batched_tasks
-        return self.device.type == "cuda" if choice == "auto" else choice
+        return auto_batched(self.device) if choice == "auto" else choice
 
     @property
     def autocast(self) -> torch.dtype | None:
@@ -167,8 +169,7 @@ def score(run: Run, forward: Forward, data: TaskData, params: Params) -> dict:
         return evaluate_episodes(run, forward, data, params, episodes)
 
     test, val = scored(data.test), scored(data.val)
-    train_tasks = scored(data.train.sample(MEMORISATION_TASKS,
-                                           seeded(run.seed, "memorisation", run.device)))
+    train_tasks = scored(memorisation_tasks(data.train, run.seed, run.device))
     groups = split_summary_inputs(test, min(run.feedback.tasks, len(data.test)))
     return {"test": summarise(test),
             **{f"test_{name}": summarise(g) for name, g in groups.items() if len(next(iter(g.values())))},
