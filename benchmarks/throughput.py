@@ -31,7 +31,7 @@ from torch.func import functional_call
 
 from noisymaml.core.devices import resolve_device
 from noisymaml.core.maml import CLASSIFICATION, InnerLoop, task_threads
-from noisymaml.core.models import Conv4, init_params
+from noisymaml.core.models import Conv4, build_model, init_params
 from noisymaml.core.tasks import TaskBatch
 from noisymaml.core.training import MetaTrainer, TrainerConfig
 from noisymaml.methods.maml import MAML
@@ -47,16 +47,35 @@ class Config:
     filters: int
     meta_batch: int
     inner: InnerLoop
+    channels: int = 1
+    image_size: int = 28
+    downsample: str = "stride"
+
+    def model(self) -> Conv4:
+        return build_model(self.spec())
+
+    def spec(self) -> dict:
+        """The Conv-4's spec (a method may wrap it, e.g. MR-MAML(W)'s encoder: `model_spec`)."""
+        return {"kind": "conv4", "in_channels": self.channels, "image_size": self.image_size,
+                "n_classes": self.ways, "filters": self.filters, "downsample": self.downsample}
+
+    def describe(self) -> str:
+        return (f"{self.ways}-way {self.shots}-shot, {self.inner.steps} inner steps "
+                f"({'first' if self.inner.first_order else 'second'} order), meta-batch {self.meta_batch}, "
+                f"Conv-4 {self.filters} filters on {self.channels}x{self.image_size}x{self.image_size}")
 
 
-CONFIGS = {
+CONFIGS = {  # params.yaml's settings of each dataset
     "omniglot-20w1s": Config(20, 1, 1, 64, 16, InnerLoop(0.1, 5)),
     "omniglot-5w1s": Config(5, 1, 1, 32, 16, InnerLoop(0.4, 1)),
+    "miniimagenet-5w1s": Config(5, 1, 15, 32, 4, InnerLoop(0.01, 5), channels=3, image_size=84,
+                                downsample="maxpool"),
 }
 
 
 class RandomTasks:
-    """Random 28x28 N-way K-shot tasks, generated on the device (no data loading in the loop)."""
+    """Random N-way K-shot tasks of the configuration's image shape, generated on `device` (no
+    data loading in the loop)."""
 
     def __init__(self, config: Config, device: torch.device):
         self.config, self.device = config, device
@@ -65,7 +84,8 @@ class RandomTasks:
         c = self.config
 
         def part(shots: int) -> tuple[torch.Tensor, torch.Tensor]:
-            x = torch.rand(n_tasks, c.ways * shots, 1, 28, 28, generator=generator, device=self.device)
+            x = torch.rand(n_tasks, c.ways * shots, c.channels, c.image_size, c.image_size,
+                           generator=generator, device=self.device)
             y = torch.arange(c.ways, device=self.device).repeat_interleave(shots).expand(n_tasks, -1)
             return x, y.contiguous()
 
@@ -126,7 +146,7 @@ def timed(steps: dict[str, Callable[[], None]], iterations: int, warmup: int, ro
 
 def benchmark(name: str, config: Config, device: torch.device, iterations: int, warmup: int,
               rounds: int) -> None:
-    model = Conv4(1, 28, config.ways, filters=config.filters).to(device)
+    model = config.model().to(device)
     initial = init_params(model, 0)
     tasks = RandomTasks(config, device)
     generator = torch.Generator(device).manual_seed(0)
@@ -150,9 +170,7 @@ def benchmark(name: str, config: Config, device: torch.device, iterations: int, 
     results = timed(steps, iterations, warmup, rounds, device)
     loop = results[loop_label]
 
-    print(f"\n{name}: {config.ways}-way {config.shots}-shot, {config.inner.steps} inner steps "
-          f"({'first' if config.inner.first_order else 'second'} order), meta-batch {config.meta_batch}, "
-          f"Conv-4 {config.filters} filters, device {describe(device)}")
+    print(f"\n{name}: {config.describe()}, device {describe(device)}")
     for label, (rate, memory) in results.items():
         projected = PAPER_ITERATIONS / rate / 3600
         print(f"  {label:<44} {rate:8.3f} it/s  {1 / rate:7.3f} s/it  peak {memory:8.0f} MiB  "

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from noisymaml.cli import main
 from noisymaml.errors import DataError
 from noisymaml.reporting import experiments
-from noisymaml.reporting.experiments import git_file, queue_commands, with_method_files
+from noisymaml.reporting.experiments import Shard, git_file, queue_commands, run_queue, with_method_files
 from noisymaml.reporting.sweep import choose, collect, sweep_files, sweep_rows, sweep_table, write_sweep_report
 
 METHODS = ("noisy_maml", "noisy_maml_feedback", "noisy_maml_continued")
@@ -53,13 +53,45 @@ def doc() -> list:
 
 def test_sigma_zero_is_queued_once_per_seed_and_the_rest_per_placement():
     commands = queue_commands("omniglot", (0.0, 0.01, 0.1), (0, 1), ("inner", "both"))
-    assert commands == [
-        ["dvc", "exp", "run", "--queue", "-S", "seed=0,1", "-S", "noise.sigma=0", "summary@omniglot"],
-        ["dvc", "exp", "run", "--queue", "-S", "seed=0,1", "-S", "noise.sigma=0.01,0.1",
-         "-S", "noise.where=inner,both", "summary@omniglot"]]
+    assert commands[:3] == [
+        ["dvc", "exp", "run", "--queue", "-S", "noise.sigma=0", "-S", "seed=0", "summary@omniglot"],
+        ["dvc", "exp", "run", "--queue", "-S", "noise.sigma=0.01", "-S", "noise.where=inner", "-S", "seed=0",
+         "summary@omniglot"],
+        ["dvc", "exp", "run", "--queue", "-S", "noise.sigma=0.01", "-S", "noise.where=both", "-S", "seed=0",
+         "summary@omniglot"]]
+    assert len(commands) == 2 * (1 + 2 * 2)
     quick = queue_commands("sinusoid", (0.0,), (3,), ("both",), feedback=False)
-    assert quick == [["dvc", "exp", "run", "--queue", "-S", "seed=3", "-S", "noise.sigma=0",
+    assert quick == [["dvc", "exp", "run", "--queue", "-S", "noise.sigma=0", "-S", "seed=3",
                       "evaluate_noisy@sinusoid-maml"]]
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 5, 7, 48, 60])
+def test_shards_partition_the_grid_whatever_their_number(count):
+    grid = queue_commands("omniglot")
+    assert len(grid) == 48 and len({tuple(c) for c in grid}) == 48
+    shares = [queue_commands("omniglot", shard=Shard(i, count)) for i in range(1, count + 1)]
+    assert sorted(c for share in shares for c in share) == sorted(grid)
+    assert max(map(len, shares)) - min(map(len, shares)) <= 1
+
+
+@pytest.mark.parametrize("value", ["0/2", "3/2", "2", "1/2/3", "a/b", "-1/2"])
+def test_a_bad_shard_is_named(value):
+    result = CliRunner().invoke(main, ["sweep", "run", "--dataset", "sinusoid", "--shard", value])
+    assert result.exit_code == 2 and "--shard" in result.output and "i/n" in result.output
+
+
+def test_a_share_without_grid_points_queues_nothing(monkeypatch):
+    monkeypatch.setattr("noisymaml.reporting.experiments.run_queue", lambda *args, **kwargs: pytest.fail("queued"))
+    result = CliRunner().invoke(main, ["sweep", "run", "--dataset", "sinusoid", "--sigmas", "0",
+                                       "--seeds", "0", "--shard", "2/2"])
+    assert result.exit_code == 0 and "no grid point falls to this share" in result.output
+
+
+def test_the_queue_runs_with_as_many_workers_as_jobs(monkeypatch):
+    calls = []
+    monkeypatch.setattr("noisymaml.reporting.experiments._checked", lambda command: calls.append(command) or "")
+    run_queue([["dvc", "exp", "run", "--queue"]], jobs=4, poll_seconds=0.01)
+    assert calls[1] == ["dvc", "queue", "start", "--jobs", "4"]
 
 
 def test_finished_and_failed_experiments_are_told_apart(doc):

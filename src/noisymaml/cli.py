@@ -13,7 +13,7 @@ import click
 
 from noisymaml.datasets import MODULES as DATASET_NAMES
 from noisymaml.errors import DataError, stage
-from noisymaml.reporting.experiments import PLACEMENTS, SEEDS, SIGMAS
+from noisymaml.reporting.experiments import PLACEMENTS, SEEDS, SIGMAS, Shard
 
 REPORTS = Path("reports")
 
@@ -93,6 +93,14 @@ def predict(model_file: Path, support_dir: Path, query_dir: Path, steps: int | N
     click.echo(summary(result, output))
 
 
+def _shard(ctx, param, value: str) -> Shard:
+    try:
+        index, count = (int(part) for part in value.split("/"))
+        return Shard(index, count)
+    except ValueError:
+        raise click.BadParameter(f"expected i/n with 1 <= i <= n (e.g. 2/3), got {value!r}") from None
+
+
 @main.group()
 def sweep() -> None:
     """A sigma x placement x seed sweep as DVC experiments, and its report in reports/."""
@@ -112,16 +120,28 @@ DATASET_OPTION = click.option("--dataset", required=True, type=click.Choice(DATA
               type=ChoiceList(PLACEMENTS), help="noise.where values: where the noise goes.")
 @click.option("--feedback/--no-feedback", default=True, show_default=True,
               help="Also run the feedback ablation in every experiment (about twice the time).")
+@click.option("--shard", default="1/1", show_default=True, callback=_shard,
+              help="Queue only the i-th of n shares of the grid (one per machine; the shares "
+                   "partition it). Push them with `dvc exp push`, report after `dvc exp pull`.")
+@click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Experiments run at once: the number of GPUs (each run takes its own).")
+@click.option("--poll", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Seconds between looks at the queue.")
 @stage
-def sweep_run(dataset: str, sigmas, seeds, placements, feedback: bool) -> None:
-    """Queue `dvc exp run` over the grid, run the queue with one worker, then write
-    reports/sweep_<dataset>.md. Needs a finished `make repro` (the archives in DVC's cache)."""
+def sweep_run(dataset: str, sigmas, seeds, placements, feedback: bool, shard: Shard, jobs: int,
+              poll: float) -> None:
+    """Queue `dvc exp run` over the grid (or its --shard), run the queue with --jobs workers,
+    then write reports/sweep_<dataset>.md from this machine's experiments. Needs a finished
+    `make repro` (the archives in DVC's cache)."""
     from noisymaml.reporting.experiments import exp_show, queue_commands, run_queue
 
-    commands = queue_commands(dataset, sigmas, seeds, placements, feedback)
+    commands = queue_commands(dataset, sigmas, seeds, placements, feedback, shard)
+    if not commands:
+        click.echo(f"[sweep] shard {shard.index}/{shard.count}: no grid point falls to this share")
+        return
     for command in commands:
         click.echo("$ " + " ".join(command))
-    run_queue(commands, log=click.echo)
+    run_queue(commands, jobs, poll, log=click.echo)
     _write_report(dataset, exp_show())
 
 

@@ -10,7 +10,8 @@ from torch.func import vmap
 
 from noisymaml.core import Params
 from noisymaml.core.maml import Forward, InnerLoop, Objective, evaluate_tasks, support_gradient
-from noisymaml.core.tasks import TaskBatch
+from noisymaml.core.metrics import MEMORISATION_TASKS
+from noisymaml.core.tasks import TaskBatch, TaskSource, seeded
 from noisymaml.errors import NoisyMamlError
 
 
@@ -43,6 +44,11 @@ def non_finite(per_task: dict[str, torch.Tensor]) -> dict[str, int]:
     """{metric: number of episodes where it is NaN/inf}, for the metrics where any is."""
     counts = {key: int((~torch.isfinite(values)).sum()) for key, values in per_task.items()}
     return {key: count for key, count in counts.items() if count}
+
+
+def memorisation_tasks(source: TaskSource, seed: int, device: torch.device) -> TaskBatch:
+    """The fixed training tasks whose pre-adaptation score is the memorisation index."""
+    return source.sample(MEMORISATION_TASKS, seeded(seed, "memorisation", device))
 
 
 def capture_gradients(forward: Forward, objective: Objective, params: Params,

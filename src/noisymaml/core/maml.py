@@ -175,6 +175,12 @@ def map_over_tasks(fn: Callable, batched: bool, *task_args):
     return tree_map(lambda *parts: torch.stack(parts), results[0], *results[1:])
 
 
+def auto_batched(device: torch.device) -> bool:
+    """What `batched_tasks: auto` means: vmap on CUDA, the threaded task loop on a CPU (where
+    the batched convolutions of a 20-way task run slower, benchmarks/README.md)."""
+    return device.type == "cuda"
+
+
 def task_threads(device: torch.device) -> int:
     """Threads that share a meta-batch's tasks: on the CPU as many as torch's intra-op threads
     (the cores, unless torch.set_num_threads or OMP_NUM_THREADS say otherwise), on a GPU one."""

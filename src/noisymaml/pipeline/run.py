@@ -15,14 +15,13 @@ import torch
 
 from noisymaml.core import Params
 from noisymaml.core.devices import resolve_device
-from noisymaml.core.evaluation import EvaluationDiverged, capture_gradients, evaluate, non_finite
+from noisymaml.core.evaluation import EvaluationDiverged, capture_gradients, evaluate, memorisation_tasks, non_finite
 from noisymaml.core.files import load_file, save_atomic
-from noisymaml.core.maml import Forward, InnerLoop, make_forward
-from noisymaml.core.metrics import MEMORISATION_TASKS, summarise
+from noisymaml.core.maml import Forward, InnerLoop, auto_batched, make_forward
+from noisymaml.core.metrics import summarise
 from noisymaml.core.models import build_model, load_model
 from noisymaml.core.noise import GradientNoise
 from noisymaml.core.progress import Progress
-from noisymaml.core.tasks import seeded
 from noisymaml.core.training import Checkpoint, MetaTrainer, TrainerConfig, Weigher, fingerprint, train
 from noisymaml.datasets import DATASETS
 from noisymaml.datasets.base import Dataset, TaskData
@@ -75,10 +74,12 @@ class Run:
         settings = getattr(parse_section(data, "algorithms", AlgorithmsParams, params_file), algorithm)
         noise = (gradient_noise(parse_section(data, "noise", NoiseParams, params_file))
                  if method != algorithm else GradientNoise())
+        seed, config = parse_seed(data, params_file), parse_dataset(data, dataset, params_file)
+        feedback = parse_section(data, "feedback", FeedbackParams, params_file)
+        # last, once every setting is valid: `auto` may wait for a GPU of its own
+        device = resolve_device(parse_device(data, params_file), exclusive=True)
         return cls(dataset, method, algorithm, METHODS[algorithm](**settings.model_dump()), settings,
-                   parse_seed(data, params_file), resolve_device(parse_device(data, params_file)),
-                   parse_dataset(data, dataset, params_file), noise,
-                   parse_section(data, "feedback", FeedbackParams, params_file))
+                   seed, device, config, noise, feedback)
 
     @property
     def spec(self) -> Dataset:
@@ -100,7 +101,7 @@ class Run:
     def batched(self) -> bool:
         """Tasks through vmap together, or one by one (`train.batched_tasks`; auto = vmap on CUDA)."""
         choice = self.config.train.batched_tasks
-        return self.device.type == "cuda" if choice == "auto" else choice
+        return auto_batched(self.device) if choice == "auto" else choice
 
     @property
     def autocast(self) -> torch.dtype | None:
@@ -183,8 +184,7 @@ def score(run: Run, forward: Forward, data: TaskData, params: Params, label: str
         return evaluate_episodes(run, forward, data, params, episodes, what, limit, progress)
 
     test, val = scored("test episodes", data.test), scored("validation episodes", data.val)
-    train_tasks = scored("training tasks", data.train.sample(MEMORISATION_TASKS,
-                                                             seeded(run.seed, "memorisation", run.device)))
+    train_tasks = scored("training tasks", memorisation_tasks(data.train, run.seed, run.device))
     feedback = scored("feedback tasks", data.feedback, feedback_count(run, data))
     return {"test": summarise(test), "test_feedback_tasks": summarise(feedback),
             "val": summarise(val), "train_tasks": summarise(train_tasks)}

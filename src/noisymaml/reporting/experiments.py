@@ -17,6 +17,7 @@ import json
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from noisymaml.errors import DataError, NoisyMamlError
 
@@ -25,33 +26,60 @@ SEEDS = (0, 1, 2)
 PLACEMENTS = ("inner", "outer", "both")
 
 
+@dataclass(frozen=True)
+class Shard:
+    """The `index`-th of `count` shares of a grid (1-based): every count-th point from the index-th,
+    so the shares are disjoint, cover the grid, and differ in size by at most one point."""
+
+    index: int = 1
+    count: int = 1
+
+    def __post_init__(self):
+        if not 1 <= self.index <= self.count:
+            raise ValueError(f"shard {self.index}/{self.count}: expected i/n with 1 <= i <= n")
+
+    def take(self, points: list) -> list:
+        return points[self.index - 1::self.count]
+
+
+def grid_points(sigmas=SIGMAS, seeds=SEEDS, placements=PLACEMENTS) -> list[dict[str, float | str | int]]:
+    """The grid's experiments as params.yaml settings, seed by seed: sigma 0 once per seed (noise
+    off: the placement means nothing, so it stays the baseline's), every other sigma per placement."""
+    points: list[dict[str, float | str | int]] = []
+    for seed in seeds:
+        for sigma in sigmas:
+            if sigma == 0:
+                points.append({"noise.sigma": sigma, "seed": seed})
+            else:
+                points += [{"noise.sigma": sigma, "noise.where": where, "seed": seed} for where in placements]
+    return points
+
+
 def queue_commands(dataset: str, sigmas=SIGMAS, seeds=SEEDS, placements=PLACEMENTS,
-                   feedback: bool = True) -> list[list[str]]:
-    """`dvc exp run --queue` grids: sigma 0 once per seed, every other sigma per placement.
+                   feedback: bool = True, shard: Shard = Shard()) -> list[list[str]]:
+    """One `dvc exp run --queue` per grid point of the shard.
 
     With feedback each run goes up to the dataset's summary (noisy MAML, its evaluation, the
     feedback ablation, the summary metrics `dvc exp show` displays); without it, each run stops
     after evaluating noisy MAML (about half the time; its summary stays the baseline's)."""
-    def grid(key: str, values) -> list[str]:
-        return ["-S", f"{key}={','.join(f'{v:g}' if isinstance(v, float) else str(v) for v in values)}"]
-
     target = f"summary@{dataset}" if feedback else f"evaluate_noisy@{dataset}-maml"
-    base = ["dvc", "exp", "run", "--queue", *grid("seed", seeds)]
-    commands = []
-    if 0 in sigmas:
-        commands.append([*base, *grid("noise.sigma", [0.0]), target])
-    noisy = [s for s in sigmas if s != 0]
-    if noisy:
-        commands.append([*base, *grid("noise.sigma", noisy), *grid("noise.where", placements), target])
-    return commands
+    return [["dvc", "exp", "run", "--queue",
+             *(arg for key, value in point.items() for arg in ("-S", f"{key}={_shown(value)}")), target]
+            for point in shard.take(grid_points(sigmas, seeds, placements))]
 
 
-def run_queue(commands: list[list[str]], poll_seconds: float = 30.0, log=print) -> None:
-    """Queue the experiments, run them one at a time (two torch runs on a small CPU each slow
-    down several-fold), and wait until the queue is empty."""
+def _shown(value: float | str | int) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def run_queue(commands: list[list[str]], jobs: int = 1, poll_seconds: float = 30.0, log=print) -> None:
+    """Queue the experiments, run them with `jobs` workers, and wait until the queue is empty.
+
+    One worker on a small CPU (two torch runs each slow down several-fold); on a machine with N
+    GPUs, N workers: every run's stages take a GPU of their own (`device: auto`)."""
     for command in commands:
         _checked(command)
-    _checked(["dvc", "queue", "start", "--jobs", "1"])
+    _checked(["dvc", "queue", "start", "--jobs", str(jobs)])
     while True:
         status = _checked(["dvc", "queue", "status"])
         waiting = [line for line in status.splitlines() if " Queued " in f" {line} " or

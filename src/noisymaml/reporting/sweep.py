@@ -1,6 +1,7 @@
 """The sigma sweep's report: tabulate and plot the finished experiments.
 
     noisymaml sweep run --dataset sinusoid        # queue, run one at a time, write the report
+    noisymaml sweep run --dataset omniglot --shard 2/3 --jobs 4   # this machine's third, 4 at once
     noisymaml sweep report --dataset sinusoid     # (re)write it from the experiments
 
 Every run is a `dvc exp run` (queued by `reporting.experiments`) of the noisy chain at one
@@ -8,6 +9,11 @@ Every run is a `dvc exp run` (queued by `reporting.experiments`) of the noisy ch
 nothing) and is plain MAML. Rows are means ± 95% CI over seeds. The configuration is chosen on
 the validation tasks alone; the test columns are reported, never used to choose. Failed
 experiments are listed, not dropped silently.
+
+A grid spread over machines: each queues only its share of the grid points (`Shard`; the
+shares partition the grid whatever their number), runs it and pushes its experiments
+(`dvc exp push`) to the shared git and DVC remotes; after `dvc exp pull` anywhere, the report
+covers every share, as if one machine had run the whole grid.
 """
 
 from __future__ import annotations
