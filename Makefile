@@ -13,8 +13,9 @@ STAMP := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
 export PATH := $(BIN):$(PATH)
 
-# Offline machines: a local folder of Omniglot archives copied into the (empty) archive
-# folder before the pipeline runs. Elsewhere the fetch stage downloads the official ones.
+# A local folder of Omniglot archives: the zips the archive folder lacks are copied there before
+# the pipeline runs; fetch@omniglot tells the sets apart by MD5 and downloads the official
+# archives of `fetch.omniglot` that are still missing.
 OMNIGLOT_ARCHIVES ?= ../shared/data/omniglot
 OMNIGLOT_FOLDER := data/downloads/omniglot
 
@@ -31,9 +32,11 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $@
 
 archives:
-	@if [ -d "$(OMNIGLOT_ARCHIVES)" ] && ! ls $(OMNIGLOT_FOLDER)/*.zip >/dev/null 2>&1; then \
-		mkdir -p $(OMNIGLOT_FOLDER) && cp $(OMNIGLOT_ARCHIVES)/*.zip $(OMNIGLOT_FOLDER)/ && \
-		echo "copied Omniglot archives from $(OMNIGLOT_ARCHIVES) into $(OMNIGLOT_FOLDER)"; fi
+	@for zip in $(OMNIGLOT_ARCHIVES)/*.zip; do \
+		if [ -f "$$zip" ] && [ ! -e "$(OMNIGLOT_FOLDER)/$$(basename "$$zip")" ]; then \
+			mkdir -p $(OMNIGLOT_FOLDER) && cp "$$zip" $(OMNIGLOT_FOLDER)/ && \
+			echo "copied $$zip into $(OMNIGLOT_FOLDER)" || exit 1; fi; \
+	done
 
 repro: $(STAMP) archives
 	dvc repro

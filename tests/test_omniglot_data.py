@@ -1,16 +1,20 @@
-"""Omniglot archives: verification, download failure handling and decoding (real and tiny archives)."""
+"""Omniglot archives: the official sets told apart by checksum, downloads from a local HTTP server,
+refusals, and decoding (real and tiny archives)."""
 
+import http.server
 import io
 import shutil
-import urllib.error
+import threading
 import zipfile
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from noisymaml.datasets import omniglot
+from noisymaml.datasets import DATASETS, omniglot
+from noisymaml.datasets.base import FetchSettings
 from noisymaml.errors import DataError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared/data/omniglot"
@@ -43,11 +47,60 @@ def real_archives(tmp_path_factory) -> list[Path]:
     folder = tmp_path_factory.mktemp("omniglot")
     for name in SMALL_ARCHIVES:
         shutil.copy(SHARED / name, folder / name)
-    return omniglot.fetch_archives(folder, download=False)
+    return omniglot.fetch_archives(folder, "small", download=False)
+
+
+@pytest.fixture
+def small_copy(real_archives, tmp_path) -> Path:
+    """A folder holding copies of the two real small archives."""
+    folder = tmp_path / "omniglot"
+    folder.mkdir()
+    for archive in real_archives:
+        shutil.copy(archive, folder / archive.name)
+    return folder
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch) -> Path:
+    """A local HTTP server on 127.0.0.1 as omniglot.DOWNLOAD_URL; returns the folder it serves."""
+    served = tmp_path / "served"
+    served.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=served))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setattr(omniglot, "DOWNLOAD_URL", f"http://127.0.0.1:{httpd.server_port}")
+    yield served
+    httpd.shutdown()
+    thread.join()
+
+
+@pytest.fixture
+def tiny_full_set(tmp_path, monkeypatch) -> dict[str, Path]:
+    """Two tiny archives standing in for the full set (their MD5s registered as the full set's)."""
+    folder = tmp_path / "tiny_full"
+    folder.mkdir()
+    archives = {name: _tiny_zip(folder / name, _tiny_counts(), prefix=f"{name}/")
+                for name in omniglot.ARCHIVE_SETS["full"]}
+    sets = {**omniglot.ARCHIVE_SETS, "full": {name: omniglot._md5(path) for name, path in archives.items()}}
+    monkeypatch.setattr(omniglot, "ARCHIVE_SETS", sets)
+    return archives
 
 
 def test_real_archives_are_found_and_verified(real_archives):
     assert [path.name for path in real_archives] == SMALL_ARCHIVES
+
+
+def test_default_set_is_the_small_archives_the_figures_come_from():
+    assert FetchSettings().omniglot == "small"
+    assert omniglot.ARCHIVE_SETS["small"] == {
+        "images_background_small1.zip": "e704a628b5459e08445c13499850abc4",
+        "images_background_small2.zip": "b75a71a51d3b13f821f212756fe481fd",
+    }
 
 
 def test_real_archives_decode_to_242_characters_with_bright_strokes(real_archives):
@@ -61,9 +114,104 @@ def test_real_archives_decode_to_242_characters_with_bright_strokes(real_archive
     assert images.max() == 255
 
 
-def test_tiny_archive_loads_with_right_shape_and_order(tmp_path, capsys):
+def test_official_archives_are_recognised_by_checksum_not_name(real_archives, tmp_path):
+    for archive, name in zip(real_archives, ["a.zip", "b.zip"], strict=True):
+        shutil.copy(archive, tmp_path / name)
+    assert [a.name for a in omniglot.fetch_archives(tmp_path, "small", download=False)] == ["a.zip", "b.zip"]
+
+
+def test_corrupted_copy_of_an_official_archive_is_refused_with_both_checksums(small_copy):
+    corrupt = small_copy / SMALL_ARCHIVES[0]
+    data = bytearray(corrupt.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    corrupt.chmod(0o644)
+    corrupt.write_bytes(bytes(data))
+    with pytest.raises(DataError) as error:
+        omniglot.fetch_archives(small_copy, "small", download=True)
+    message = str(error.value)
+    assert "\n" not in message and SMALL_ARCHIVES[0] in message and str(small_copy) in message
+    assert omniglot.ARCHIVE_SETS["small"][SMALL_ARCHIVES[0]] in message
+    assert omniglot._md5(corrupt) in message and "corrupt" in message
+
+
+def test_unknown_zip_beside_an_official_set_is_refused_not_skipped(small_copy):
+    _tiny_zip(small_copy / "mine.zip", _tiny_counts())
+    with pytest.raises(DataError, match="mine.zip.*no official Omniglot archive.*fetch.omniglot: own"):
+        omniglot.fetch_archives(small_copy, "small", download=False)
+
+
+def test_small_archives_present_when_full_asked_without_download(small_copy):
+    with pytest.raises(DataError) as error:
+        omniglot.fetch_archives(small_copy, "full", download=False)
+    message = str(error.value)
+    assert str(small_copy) in message and "`fetch.omniglot` = full" in message
+    assert all(name in message for name in omniglot.ARCHIVE_SETS["full"])
+
+
+def test_the_other_set_beside_the_chosen_one_is_not_read(small_copy, tiny_full_set):
+    for path in tiny_full_set.values():
+        shutil.copy(path, small_copy / path.name)
+    small = omniglot.fetch_archives(small_copy, "small", download=False)
+    full = omniglot.fetch_archives(small_copy, "full", download=False)
+    assert [a.name for a in small] == SMALL_ARCHIVES
+    assert [a.name for a in full] == sorted(tiny_full_set)
+    summary = DATASETS["omniglot"].fetch(small_copy, FetchSettings(omniglot="small", download=False))
+    assert summary.startswith("small set, 2 verified archive(s)")
+    assert summary.endswith("not read: " + ", ".join(sorted(tiny_full_set)))
+
+
+def test_switching_to_full_downloads_it_beside_the_small_set(small_copy, tiny_full_set, server):
+    for path in tiny_full_set.values():
+        shutil.copy(path, server / path.name)
+    full = omniglot.fetch_archives(small_copy, "full", download=True)
+    assert [a.read_bytes() for a in full] == [tiny_full_set[a.name].read_bytes() for a in full]
+    assert sorted(a.name for a in small_copy.iterdir()) == sorted([*SMALL_ARCHIVES, *tiny_full_set])
+
+
+def test_small_set_downloads_from_the_official_place_byte_identical(real_archives, tmp_path, server):
+    for archive in real_archives:
+        shutil.copy(archive, server / archive.name)
+    folder = tmp_path / "downloads"
+    fetched = omniglot.fetch_archives(folder, "small", download=True)
+    assert [a.name for a in fetched] == SMALL_ARCHIVES
+    assert [a.read_bytes() for a in fetched] == [a.read_bytes() for a in real_archives]
+    assert sorted(p.name for p in folder.iterdir()) == SMALL_ARCHIVES
+
+
+def test_only_the_missing_archive_of_the_set_is_downloaded(real_archives, tmp_path, server):
+    shutil.copy(real_archives[1], server / real_archives[1].name)  # the server lacks the first one
+    shutil.copy(real_archives[0], tmp_path / real_archives[0].name)
+    fetched = omniglot.fetch_archives(tmp_path, "small", download=True)
+    assert [a.read_bytes() for a in fetched] == [a.read_bytes() for a in real_archives]
+
+
+def test_download_failing_the_checksum_leaves_no_archive(real_archives, tmp_path, server):
+    for archive in real_archives:
+        data = bytearray(archive.read_bytes())
+        data[100] ^= 0xFF
+        (server / archive.name).write_bytes(bytes(data))
+    folder = tmp_path / "downloads"
+    with pytest.raises(DataError) as error:
+        omniglot.fetch_archives(folder, "small", download=True)
+    message = str(error.value)
+    assert "could not download" in message and str(folder) in message and omniglot.DOWNLOAD_URL in message
+    assert list(folder.iterdir()) == []
+
+
+def test_failed_download_names_folder_archives_and_leaves_no_archive(tmp_path, server):
+    # the server holds nothing: every request is a 404
+    folder = tmp_path / "downloads"
+    with pytest.raises(DataError) as error:
+        omniglot.fetch_archives(folder, "small", download=True)
+    message = str(error.value)
+    assert str(folder) in message and omniglot.DOWNLOAD_URL in message and "404" in message
+    assert all(name in message for name in SMALL_ARCHIVES)
+    assert list(folder.iterdir()) == []
+
+
+def test_own_archives_load_with_right_shape_and_order(tmp_path, capsys):
     _tiny_zip(tmp_path / "mine.zip", _tiny_counts(), prefix="images_mine/")
-    archives = omniglot.fetch_archives(tmp_path, download=False)
+    archives = omniglot.fetch_archives(tmp_path, "own", download=True)
     images, names = omniglot.load_characters(archives, image_size=6)
     assert capsys.readouterr().out.splitlines() == [  # progress: the first, then each quarter
         "[omniglot] decoding: 1/6 characters", "[omniglot] decoding: 2/6 characters",
@@ -85,28 +233,20 @@ def test_duplicate_character_is_taken_from_first_archive(tmp_path):
     assert (images == 255).all()
 
 
-def test_known_name_with_wrong_content_reports_md5(tmp_path):
-    _tiny_zip(tmp_path / "images_background.zip", _tiny_counts())
-    with pytest.raises(DataError, match="md5") as error:
-        omniglot.fetch_archives(tmp_path, download=False)
-    assert "images_background.zip" in str(error.value)
-    assert omniglot.OFFICIAL_ARCHIVES["images_background.zip"] in str(error.value)
-
-
-def test_truncated_zip_is_reported(tmp_path):
+def test_truncated_own_zip_is_reported(tmp_path):
     whole = _tiny_zip(tmp_path / "whole.zip", _tiny_counts()).read_bytes()
     (tmp_path / "whole.zip").unlink()
     (tmp_path / "cut.zip").write_bytes(whole[: len(whole) // 2])
     with pytest.raises(DataError, match="cut.zip"):
-        omniglot.fetch_archives(tmp_path, download=False)
+        omniglot.fetch_archives(tmp_path, "own", download=False)
 
 
-def test_zip_without_omniglot_layout_is_reported(tmp_path):
+def test_own_zip_without_omniglot_layout_is_reported(tmp_path):
     with zipfile.ZipFile(tmp_path / "flat.zip", "w") as zf:
         zf.writestr("only/one.png", _png(0))
         zf.writestr("a/b/notes.txt", "not an image")
     with pytest.raises(DataError, match="flat.zip.*ALPHABET/CHARACTER"):
-        omniglot.fetch_archives(tmp_path, download=False)
+        omniglot.fetch_archives(tmp_path, "own", download=False)
 
 
 def test_undecodable_png_names_archive_and_member(tmp_path):
@@ -116,35 +256,11 @@ def test_undecodable_png_names_archive_and_member(tmp_path):
         omniglot.load_characters([tmp_path / "bad.zip"], image_size=4)
 
 
-def test_empty_folder_without_download_names_folder(tmp_path):
+@pytest.mark.parametrize("archive_set", ["small", "own"])
+def test_empty_folder_without_download_names_folder(tmp_path, archive_set):
     with pytest.raises(DataError) as error:
-        omniglot.fetch_archives(tmp_path, download=False)
+        omniglot.fetch_archives(tmp_path, archive_set, download=False)
     assert str(tmp_path) in str(error.value)
-
-
-def test_failed_download_names_folder_and_leaves_no_archive(tmp_path, monkeypatch):
-    def failing_download(url, root, filename=None, md5=None):
-        (Path(root) / filename).write_bytes(b"partial")  # what an interrupted transfer leaves
-        raise urllib.error.URLError("no network")
-
-    monkeypatch.setattr("torchvision.datasets.utils.download_url", failing_download)
-    with pytest.raises(DataError) as error:
-        omniglot.fetch_archives(tmp_path, download=True)
-    message = str(error.value)
-    assert str(tmp_path) in message and omniglot.DOWNLOAD_URL in message
-    assert all(name in message for name in omniglot.OFFICIAL_ARCHIVES)
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_downloaded_archives_get_final_names_then_are_verified(tmp_path, monkeypatch):
-    def fake_download(url, root, filename=None, md5=None):
-        _tiny_zip(Path(root) / filename, _tiny_counts())
-
-    monkeypatch.setattr("torchvision.datasets.utils.download_url", fake_download)
-    # the fake archives cannot match the official md5, so verification after the rename rejects them
-    with pytest.raises(DataError, match="md5"):
-        omniglot.fetch_archives(tmp_path, download=True)
-    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(omniglot.OFFICIAL_ARCHIVES)
 
 
 def test_unequal_image_counts_are_reported(tmp_path):

@@ -116,6 +116,13 @@ def test_unknown_schedule(shipped):
         assert allowed in message
 
 
+def test_unknown_omniglot_archive_set_lists_the_allowed_values(shipped):
+    message = error_of(changed(shipped, "fetch.omniglot", "big"), "fetch", FetchSettings)
+    assert "`fetch.omniglot` = 'big'" in message
+    for allowed in ("small", "full", "own"):
+        assert allowed in message
+
+
 def test_zero_ways(shipped):
     message = error_of(changed(shipped, "omniglot.tasks.ways", 0), "omniglot", OmniglotSettings)
     assert "`omniglot.tasks.ways` = 0" in message

@@ -70,7 +70,8 @@ YIN = "Yin et al. 2020, Meta-Learning without Memorization (ICLR 2020)"
 class FetchSettings(Section):
     """`fetch`: how the fetch stages treat the files in data/downloads/<dataset>/."""
 
-    download: bool = True       # omniglot: download the official archives into an empty folder
+    download: bool = True       # omniglot: download the chosen set's archives the folder lacks
+    omniglot: Literal["small", "full", "own"] = "small"  # omniglot: which archives (docs/datasets.md)
     allow_pickle: bool = False  # miniimagenet: also read the pickled caches (unpickling runs code)
 
 

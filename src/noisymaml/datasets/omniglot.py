@@ -23,15 +23,20 @@ from noisymaml.datasets.images import SPLITS, ImageDataset, ImagePools, ImageSet
 from noisymaml.errors import DataError, ParamError
 from noisymaml.settings import Section
 
-OFFICIAL_ARCHIVES = {
-    "images_background.zip": "68d2efa1b9178cc56df9314c21c6e718",
-    "images_evaluation.zip": "6b91aef0f799c5bb55b94e3f2daec811",
+# The official archive sets, told apart by checksum (`fetch.omniglot`): the two small archives,
+# 242 distinct characters, are what every figure of this project comes from; the two full ones
+# hold all 1623 characters.
+ARCHIVE_SETS = {
+    "small": {
+        "images_background_small1.zip": "e704a628b5459e08445c13499850abc4",
+        "images_background_small2.zip": "b75a71a51d3b13f821f212756fe481fd",
+    },
+    "full": {
+        "images_background.zip": "68d2efa1b9178cc56df9314c21c6e718",
+        "images_evaluation.zip": "6b91aef0f799c5bb55b94e3f2daec811",
+    },
 }
-KNOWN_CHECKSUMS = {
-    **OFFICIAL_ARCHIVES,
-    "images_background_small1.zip": "e704a628b5459e08445c13499850abc4",
-    "images_background_small2.zip": "b75a71a51d3b13f821f212756fe481fd",
-}
+OWN = "own"  # `fetch.omniglot: own`: every zip of the folder, checked for the layout only
 DOWNLOAD_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python"
 
 _LAYOUT = "ALPHABET/CHARACTER/IMAGE.png"
@@ -39,43 +44,84 @@ _LAYOUT = "ALPHABET/CHARACTER/IMAGE.png"
 _PARTIAL_SUFFIX = ".part"
 
 
-def fetch_archives(folder: Path, download: bool) -> list[Path]:
-    """Return the Omniglot-format zip archives in `folder` (sorted), verified.
+def fetch_archives(folder: Path, archive_set: str, download: bool) -> list[Path]:
+    """Return the archives of `archive_set` in `folder` (sorted), verified.
 
-    Downloads the official archives first when the folder holds no zip and `download` is True.
+    An official set's archives are recognised by their MD5, whatever their file names; the
+    set's missing archives are downloaded first when `download` is True. Archives of the other
+    official set may lie beside them (a folder that served both settings) and are not returned;
+    any other zip is refused, so that no archive is silently left out. `own` returns every zip
+    of the folder that has the Omniglot layout.
     """
     folder = Path(folder)
-    archives = _zips_in(folder)
-    if not archives:
+    if archive_set == OWN:
+        return _own_archives(folder)
+    members = _official_in(folder).get(archive_set, {})
+    missing = {name: md5 for name, md5 in ARCHIVE_SETS[archive_set].items() if name not in members}
+    if missing:
         if not download:
-            raise DataError(
-                f"no Omniglot archive (*.zip) in {folder}: expected zips such as "
-                f"{', '.join(OFFICIAL_ARCHIVES)} holding {_LAYOUT} entries (or enable download)"
-            )
-        _download_official(folder)
-        archives = _zips_in(folder)
-    for archive in archives:
-        _verify_archive(archive)
-    return archives
+            raise DataError(f"{folder} lacks {', '.join(missing)} of the {archive_set} Omniglot set "
+                            f"(`fetch.omniglot` = {archive_set}): copy them there, or let fetch@omniglot "
+                            "download them (`fetch.download: true`)")
+        _download_official(folder, missing)
+        members = _official_in(folder)[archive_set]
+    return sorted(members.values())
 
 
 def _zips_in(folder: Path) -> list[Path]:
     return sorted(path for path in folder.glob("*.zip") if path.is_file())
 
 
-def _download_official(folder: Path) -> None:
-    """Download every official archive, all or nothing.
+def _official_in(folder: Path) -> dict[str, dict[str, Path]]:
+    """set -> {official name: path} for the folder's zips, told apart by MD5; a zip that is no
+    official archive is a DataError."""
+    official = {md5: (set_name, name) for set_name, archives in ARCHIVE_SETS.items()
+                for name, md5 in archives.items()}
+    found: dict[str, dict[str, Path]] = {}
+    for archive in _zips_in(folder):
+        actual = _md5(archive)
+        if actual not in official:
+            raise DataError(_not_official(archive, actual))
+        set_name, name = official[actual]
+        found.setdefault(set_name, {})[name] = archive
+    return found
+
+
+def _not_official(archive: Path, actual: str) -> str:
+    expected = next((archives[archive.name] for archives in ARCHIVE_SETS.values() if archive.name in archives),
+                    None)
+    if expected:
+        return (f"{archive.name} in {archive.parent} has md5 {actual}, expected {expected}: "
+                "the file is corrupt or not the official archive; replace it (or delete it to download it)")
+    return (f"{archive.name} in {archive.parent} is no official Omniglot archive (md5 {actual}): "
+            "remove it, or set `fetch.omniglot: own` to read your own archives")
+
+
+def _own_archives(folder: Path) -> list[Path]:
+    archives = _zips_in(folder)
+    if not archives:
+        raise DataError(f"no Omniglot archive (*.zip) in {folder}: `fetch.omniglot` = own reads your "
+                        f"own zips of {_LAYOUT} entries and downloads nothing")
+    for archive in archives:
+        with _open_zip(archive) as zf:
+            if not _character_members(zf):
+                raise DataError(f"{archive} holds no PNG at a path ending {_LAYOUT}; expected an Omniglot archive")
+    return archives
+
+
+def _download_official(folder: Path, archives: dict[str, str]) -> None:
+    """Download official archives (name -> MD5), all or nothing.
 
     Each file goes to a temporary name and all are renamed only once every checksum passed,
-    so a failure leaves no zip behind and the next call retries the whole set.
+    so a failure leaves no new zip behind and the next call retries the whole set.
     """
     # torchvision is heavy to import and only needed here.
     from torchvision.datasets import utils as tv_utils
 
-    partials = {name: folder / (name + _PARTIAL_SUFFIX) for name in OFFICIAL_ARCHIVES}
+    partials = {name: folder / (name + _PARTIAL_SUFFIX) for name in archives}
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        for name, md5 in OFFICIAL_ARCHIVES.items():
+        for name, md5 in archives.items():
             # download_url raises RuntimeError when the downloaded file fails the md5 check.
             tv_utils.download_url(f"{DOWNLOAD_URL}/{name}", root=folder, filename=partials[name].name, md5=md5)
     except (OSError, RuntimeError) as error:
@@ -83,25 +129,10 @@ def _download_official(folder: Path) -> None:
             partial.unlink(missing_ok=True)
         raise DataError(
             f"could not download Omniglot into {folder} ({error}); place the archives "
-            f"{', '.join(OFFICIAL_ARCHIVES)} there manually (from {DOWNLOAD_URL}/)"
+            f"{', '.join(archives)} there manually (from {DOWNLOAD_URL}/)"
         ) from error
     for name, partial in partials.items():
         partial.rename(folder / name)
-
-
-def _verify_archive(archive: Path) -> None:
-    """Check the known checksum (if the name is known) and that the zip opens with the Omniglot layout."""
-    expected = KNOWN_CHECKSUMS.get(archive.name)
-    if expected is not None:
-        actual = _md5(archive)
-        if actual != expected:
-            raise DataError(
-                f"{archive.name} in {archive.parent} has md5 {actual}, expected {expected}: "
-                "the file is corrupt or not the official archive; replace it"
-            )
-    with _open_zip(archive) as zf:
-        if not _character_members(zf):
-            raise DataError(f"{archive} holds no PNG at a path ending {_LAYOUT}; expected an Omniglot archive")
 
 
 def _md5(path: Path) -> str:
@@ -243,13 +274,16 @@ class Omniglot(ImageDataset):
     )
 
     def fetch(self, folder: Path, fetch: FetchSettings) -> str:
-        archives = fetch_archives(folder, fetch.download)
-        return f"{len(archives)} verified archive(s): " + ", ".join(a.name for a in archives)
+        archives = fetch_archives(folder, fetch.omniglot, fetch.download)
+        unread = sorted(set(_zips_in(folder)) - set(archives))
+        return (f"{fetch.omniglot} set, {len(archives)} verified archive(s): "
+                + ", ".join(a.name for a in archives)
+                + (f"; not read: {', '.join(a.name for a in unread)}" if unread else ""))
 
     def pools(self, settings: OmniglotSettings, seed: int, source: Path,
               fetch: FetchSettings) -> ImagePools:
         """Characters of the archives, split at random (seeded) into train/val/test characters."""
-        archives = fetch_archives(source, download=False)
+        archives = fetch_archives(source, fetch.omniglot, download=False)
         images, names = load_characters(archives, settings.tasks.image_size)
         counts = split_counts(settings.tasks.split, len(names))
         order = torch.randperm(len(names), generator=seeded(seed, "omniglot/characters")).numpy()
