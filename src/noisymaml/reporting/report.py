@@ -313,7 +313,9 @@ def _settings_list(settings: Settings) -> str:
         f"- feedback on {feedback.method}: {feedback.iterations} extra iterations continuing its "
         f"training run, tasks weighted by softmax({feedback.similarity} similarity of their "
         f"{feedback.compare} gradients / {feedback.temperature:g}) to the support gradients of "
-        f"{feedback.tasks} feedback tasks",
+        f"{feedback.tasks} feedback tasks"
+        + (f", fed back online (re-training every {feedback.online_every} arriving tasks)"
+           if feedback.mode == "online" else ""),
     ]
     algorithms = dict.fromkeys(m.removeprefix(NOISY) for m in settings.methods)
     for name in algorithms:
