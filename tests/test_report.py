@@ -260,3 +260,20 @@ def test_summary_without_results_names_the_folders(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DataError, match="no results of maml, .* in metrics/omniglot/ and plots/omniglot/"):
         write_summary("omniglot", _params())
+
+
+def test_the_online_stream_is_a_table_only_when_present(workdir, written):
+    _, batch = written
+    assert "Online feedback" not in batch
+    for variant, post in (("feedback", 0.75), ("continued", 0.65)):
+        path = metrics_path("omniglot", f"noisy_maml_{variant}")
+        metrics = json.loads(path.read_text())
+        path.write_text(json.dumps({**metrics, "online_stream": {**_summary("test", post, ("loss", "acc")),
+                                                                 "tasks": 10}}))
+    write_report(Path("reports"), _params())
+    omniglot = _section((workdir / "reports" / REPORT_FILE).read_text(), "omniglot")
+    assert "Online feedback (`feedback.mode: online`)" in omniglot
+    assert _row(omniglot.split("Online feedback")[1], "noisy MAML + feedback") == [
+        "noisy MAML + feedback", "75.00 ± 1.00", "45.00 ± 2.00", "10"]
+    assert _row(omniglot.split("Online feedback")[1], "noisy MAML, continued without feedback")[1] == "65.00 ± 1.00"
+    assert "Online feedback" not in _section((workdir / "reports" / REPORT_FILE).read_text(), "sinusoid")

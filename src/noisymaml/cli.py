@@ -7,6 +7,8 @@ imports torch, matplotlib and the library it needs in its own body.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -142,30 +144,105 @@ def sweep_run(dataset: str, sigmas, seeds, placements, feedback: bool, shard: Sh
     for command in commands:
         click.echo("$ " + " ".join(command))
     run_queue(commands, jobs, poll, log=click.echo)
-    _write_report(dataset, exp_show())
+    results = _default_results(dataset)
+    _save(dataset, exp_show(), results)
+    _write_report(dataset, _results_document(dataset, results))
 
 
-@sweep.command("report", short_help="Write reports/sweep_<dataset>.md from the finished experiments.")
+INPUT_OPTION = click.option(
+    "--input", "source", default=None, type=click.File("r"),
+    help="JSON saved from `dvc exp show --json` (- = standard input) instead of running it here.")
+
+
+def _results_option(help_text: str):
+    return click.option("--results", "results", default=None, type=click.Path(dir_okay=False, path_type=Path),
+                        help=help_text)
+
+
+@sweep.command("save", short_help="Add the finished experiments to reports/results/<dataset>.json.")
 @DATASET_OPTION
-@click.option("--input", "source", default=None, type=click.File("r"),
-              help="JSON saved from `dvc exp show --json` (default: run it here; - = standard input).")
+@INPUT_OPTION
+@_results_option("Results file to merge into [default: reports/results/<dataset>.json].")
 @stage
-def sweep_report(dataset: str, source) -> None:
+def sweep_save(dataset: str, source, results: Path | None) -> None:
+    """Write every finished experiment of `dvc exp show` (name, commit, params.yaml values,
+    metrics files, per-method files from its commit) and its baseline into the results file,
+    merged with what it holds: keyed by experiment commit, so saving again adds nothing twice.
+    Commit the file: `noisymaml sweep report` rebuilds the report from it on any clone."""
+    with _named(source and source.name):
+        doc = _shown_document(source)
+    _save(dataset, doc, results or _default_results(dataset), source and source.name)
+
+
+@contextmanager
+def _named(source: str | Path | None) -> Iterator[None]:
+    """DataErrors about a document's content, prefixed with the file they come from."""
+    try:
+        yield
+    except DataError as err:
+        if source is None or str(err).startswith(f"{source}:"):
+            raise
+        raise DataError(f"{source}: {err}") from None
+
+
+@sweep.command("report", short_help="Write reports/sweep_<dataset>.md from the results file or the experiments.")
+@DATASET_OPTION
+@INPUT_OPTION
+@_results_option("Results file written by `noisymaml sweep save` [default: reports/results/<dataset>.json "
+                 "when it exists, else the experiments of `dvc exp show`].")
+@stage
+def sweep_report(dataset: str, source, results: Path | None) -> None:
     """Tabulate and plot the finished experiments: one row per (noise.where, sigma), mean ±
-    95% CI over seeds, and the configuration chosen on validation tasks alone. Each
-    experiment's per-method metrics files are read from its git commit (local or pulled with
-    `dvc exp pull`)."""
+    95% CI over seeds, and the configuration chosen on validation tasks alone. From the
+    committed results file (no experiment refs needed), or from `dvc exp show` (each
+    experiment's per-method files read from its git commit, local or `dvc exp pull`ed)."""
+    if source is not None and results is not None:
+        raise click.UsageError("give --input or --results, not both")
+    if source is None and results is None and _default_results(dataset).exists():
+        results = _default_results(dataset)
+    if results is not None:
+        with _named(results):
+            _write_report(dataset, _results_document(dataset, results))
+    else:
+        with _named(source and source.name):
+            _write_report(dataset, _shown_document(source))
+
+
+def _default_results(dataset: str) -> Path:
+    from noisymaml.reporting.results import results_path
+
+    return results_path(dataset)
+
+
+def _shown_document(source) -> list:
+    """The `dvc exp show --json` document: run here, or read from `source`."""
     from noisymaml.reporting.experiments import exp_show
 
     if source is None:
-        _write_report(dataset, exp_show())
-        return
+        return exp_show()
     try:
-        _write_report(dataset, json.load(source))
+        return json.load(source)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DataError(f"{source.name}: not the JSON of `dvc exp show --json` ({err})") from None
-    except DataError as err:
-        raise DataError(f"{source.name}: {err}") from None
+
+
+def _results_document(dataset: str, path: Path) -> list:
+    from noisymaml.reporting.results import as_document, load_results
+
+    click.echo(f"[sweep] from the results in {path}")
+    return as_document(load_results(path, dataset))
+
+
+def _save(dataset: str, doc: list, path: Path, source: str | None = None) -> None:
+    """Merge the document (from `source`, where it was read from a file) into the results file."""
+    from noisymaml.reporting.experiments import with_method_files
+    from noisymaml.reporting.results import save_results
+    from noisymaml.reporting.sweep import sweep_files
+
+    with _named(source):
+        doc = with_method_files(doc, sweep_files(dataset))  # refuses a document of another shape
+    added, held = save_results(path, doc, dataset)
+    click.echo(f"[sweep] {path}: {added} experiment(s) added, {held} held; commit it to keep them")
 
 
 def _write_report(dataset: str, doc: list) -> None:

@@ -10,10 +10,16 @@ meta-batch gets a weight from its similarity to those stored gradients, averaged
 - the rule: weights = softmax(similarity / temperature) over the meta-batch. It is continuous
   in the similarities (a task moving from -0.001 to +0.001 barely changes any weight), equal
   similarities give uniform weights (plain MAML), and no task's weight is ever exactly zero.
+
+Online (`online_stream`): the feedback tasks arrive one at a time. Each is scored first, from
+the meta-parameters of the moment (so its score never profits from its own gradient), then its
+support gradient joins the stored ones; every `every` arrivals (and after the last) the model
+re-meta-trains briefly, weighted by all gradients stored so far.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -67,3 +73,41 @@ class FeedbackWeigher:
             raise ValueError(f"unknown comparison {self.compare!r}; allowed: {', '.join(COMPARED)}")
         compared = support_grads() if self.compare == "support" else meta_grads
         return task_weights(compared, self.reference, self.similarity, self.temperature)
+
+
+@dataclass(frozen=True)
+class Window:
+    """Episodes [start, stop) of an evaluation set (anything with `len` and `slice`), as one."""
+
+    episodes: object
+    start: int
+    stop: int
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def slice(self, start: int, stop: int):
+        return self.episodes.slice(self.start + start, self.start + min(stop, len(self)))
+
+
+def rounds(arrivals: int, every: int) -> int:
+    """Re-training rounds of a stream: one per `every` arrivals, and one after a last partial group."""
+    return math.ceil(arrivals / every)
+
+
+def online_stream(arrivals: int, every: int, current: Callable[[], Params],
+                  score: Callable[[Params, int], dict[str, torch.Tensor]],
+                  gradient: Callable[[Params, int], Params],
+                  retrain: Callable[[Params], None]) -> dict[str, torch.Tensor]:
+    """Feed `arrivals` tasks through: score task i at the `current()` meta-parameters, then
+    store its support `gradient` ({name: [1, *shape]}); after every `every` tasks and after
+    the last, `retrain` with all gradients stored so far ({name: [stored, *shape]}).
+    Returns the per-arrival scores {metric: [arrivals]}, in arrival order."""
+    scores, stored = [], []
+    for index in range(arrivals):
+        params = current()
+        scores.append(score(params, index))
+        stored.append(gradient(params, index))
+        if (index + 1) % every == 0 or index + 1 == arrivals:
+            retrain({name: torch.cat([g[name] for g in stored]) for name in stored[0]})
+    return {key: torch.cat([s[key] for s in scores]) for key in scores[0]}

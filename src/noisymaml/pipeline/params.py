@@ -44,6 +44,8 @@ class FeedbackParams(Section):
     similarity: Literal["cosine", "dot"] = "cosine"
     compare: Literal["support", "meta"] = "support"  # training tasks' support or meta-gradients
     temperature: float = Field(0.1, gt=0)  # weights = softmax(similarity / temperature)
+    mode: Literal["batch", "online"] = "batch"  # all feedback tasks at once, or as a stream
+    online_every: int = Field(2, ge=1)  # online: re-meta-train after every k arriving tasks
 
     @field_validator("method")
     @classmethod

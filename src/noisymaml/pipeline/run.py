@@ -7,6 +7,7 @@ stages call) stays a few lines per stage.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 from noisymaml.core import Params
 from noisymaml.core.devices import resolve_device
 from noisymaml.core.evaluation import EvaluationDiverged, capture_gradients, evaluate, memorisation_tasks, non_finite
+from noisymaml.core.feedback import Window, online_stream, rounds
 from noisymaml.core.files import load_file, save_atomic
 from noisymaml.core.maml import Forward, InnerLoop, auto_batched, make_forward
 from noisymaml.core.metrics import summarise
@@ -227,3 +229,35 @@ def save_gradients(path: Path, run: Run, data: TaskData, forward: Forward, param
                               data.feedback, count)
     save_atomic({"gradients": grads, "episodes": torch.arange(count)}, path)
 
+
+
+def online_feedback(run: Run, trainer: MetaTrainer, data: TaskData, label: str, extra_settings: dict,
+                    weigher_of: Callable[[Params], Weigher] | None) -> tuple[list[dict], dict[str, torch.Tensor]]:
+    """The online feedback mode: the first `feedback.tasks` feedback episodes arrive as a
+    stream, each scored (adapted from the trainer's meta-parameters of the moment, as
+    evaluation adapts) before its support gradient is stored; every `feedback.online_every`
+    arrivals the trainer goes on for ceil(`feedback.iterations` / rounds) iterations, weighted
+    by `weigher_of(stored gradients)` (None: unweighted, the control). Returns the learning-curve
+    rows of all rounds and the per-arrival scores."""
+    count, every = feedback_count(run, data), run.feedback.online_every
+    per_round = math.ceil(run.feedback.iterations / rounds(count, every))
+    rows: list[dict] = []
+
+    def score(params: Params, index: int) -> dict[str, torch.Tensor]:
+        return evaluate_episodes(run, trainer.forward, data, params, Window(data.feedback, index, index + 1),
+                                 f"arriving feedback task {index}")
+
+    def gradient(params: Params, index: int) -> Params:
+        return capture_gradients(trainer.forward, data.objective, run.method.evaluation_params(params),
+                                 Window(data.feedback, index, index + 1), 1)
+
+    def retrain(stored: Params) -> None:
+        weigh = weigher_of({k: v.to(run.device) for k, v in stored.items()}) if weigher_of else None
+        # the arrivals so far name the round in the checkpoint's fingerprint: a re-run resumes
+        # a checkpoint only in the round that wrote it
+        arrivals = len(next(iter(stored.values())))
+        rows.extend(meta_train(run, trainer, data, trainer.iteration + per_round, label,
+                               {**extra_settings, "online_arrivals": arrivals}, weigh))
+
+    stream = online_stream(count, every, trainer.meta_params, score, gradient, retrain)
+    return rows, stream

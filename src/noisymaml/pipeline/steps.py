@@ -9,13 +9,14 @@ leave the trained state where the re-run resumes from it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
 
 from noisymaml.core.feedback import FeedbackWeigher
 from noisymaml.core.files import load_fields, tensors, write_curve, write_json
+from noisymaml.core.metrics import summarise
 from noisymaml.core.models import load_model, save_model
 from noisymaml.core.training import MetaTrainer
 from noisymaml.datasets import DATASETS
@@ -38,9 +39,18 @@ from noisymaml.pipeline.paths import (
     metrics_path,
     model_path,
 )
-from noisymaml.pipeline.run import Run, meta_train, model_info, resumed_trainer, save_gradients, score
+from noisymaml.pipeline.run import (
+    Run,
+    meta_train,
+    model_info,
+    online_feedback,
+    resumed_trainer,
+    save_gradients,
+    score,
+)
 
 FEEDBACK_VARIANTS = ("feedback", "continued")  # re-meta-training with and without the weighting
+ONLINE_GROUP = "online_stream"  # metrics group of the online mode: each task scored as it arrived
 
 
 def fetch(dataset: str) -> str:
@@ -113,32 +123,43 @@ def evaluate(dataset: str, method: str) -> str:
     return f"[evaluate {dataset}/{method}] test {metrics['test']}"
 
 
-def _load_gradients(dataset: str, method: str) -> dict[str, torch.Tensor]:
-    """The support gradients the evaluate stage captured for feedback."""
+def _load_gradients(dataset: str, method: str, device: torch.device) -> dict[str, torch.Tensor]:
+    """The support gradients the evaluate stage captured for feedback, on `device`."""
     path = gradients_path(dataset, method)
     saved = load_fields(path, {"gradients": dict, "episodes": torch.Tensor}, "a gradients file")
-    return tensors(path, saved["gradients"], "gradients")
+    return {k: v.to(device) for k, v in tensors(path, saved["gradients"], "gradients").items()}
 
 
 def feedback(dataset: str) -> None:
     """Stage `feedback@<dataset>`: go on training `feedback.method`'s run for
     `feedback.iterations` more iterations (its optimiser, schedule and random streams resumed)
-    with meta-gradients weighted by similarity to the stored feedback-task gradients, and the
-    same iterations unweighted ("continued"), the control."""
+    with meta-gradients weighted by similarity to the feedback tasks' support gradients, and the
+    same iterations unweighted ("continued"), the control. `feedback.mode: batch` weights by the
+    gradients the evaluate stage stored; `online` feeds the tasks back as a stream
+    (`run.online_feedback`) and adds the per-arrival scores as the metrics group `online_stream`."""
     method = parse_section(read_params(), "feedback", FeedbackParams).method
     run = Run.from_params(dataset, method)
     data = run.task_data()
     settings = run.feedback
-    reference = {k: v.to(run.device) for k, v in _load_gradients(dataset, method).items()}
-    weighing = {"feedback": FeedbackWeigher(reference, settings.similarity, settings.compare,
-                                            settings.temperature),
-                "continued": None}
     labels = {variant: f"{method}_{variant}" for variant in FEEDBACK_VARIANTS}
     with _checkpoints_kept_until_written(dataset, list(labels.values())):
         for variant, label in labels.items():
             trainer, spec = resumed_trainer(run, data, model_path(dataset, method))
-            rows = meta_train(run, trainer, data, trainer.iteration + settings.iterations, label,
-                              {"feedback": settings.model_dump(), "variant": variant}, weighing[variant])
+            extra = {"feedback": settings.model_dump(), "variant": variant}
+            weigher_of = _weigher_of(settings) if variant == "feedback" else None
+            if settings.mode == "online":
+                rows, stream = online_feedback(run, trainer, data, label, extra, weigher_of)
+                online = {ONLINE_GROUP: summarise(stream)}
+            else:
+                weigh = weigher_of(_load_gradients(dataset, method, run.device)) if weigher_of else None
+                rows, online = meta_train(run, trainer, data, trainer.iteration + settings.iterations, label,
+                                          extra, weigh), {}
             _finish(run, label, trainer, spec, data, rows)
-            write_json(metrics_path(dataset, label),
-                       score(run, trainer.forward, data, trainer.meta_params(), f"feedback {dataset}/{label}"))
+            metrics = score(run, trainer.forward, data, trainer.meta_params(), f"feedback {dataset}/{label}")
+            write_json(metrics_path(dataset, label), {**metrics, **online})
+
+
+def _weigher_of(settings: FeedbackParams) -> Callable[[dict[str, torch.Tensor]], FeedbackWeigher]:
+    """Stored support gradients -> the weigher of the feedback run, as `feedback` configures it."""
+    return lambda reference: FeedbackWeigher(reference, settings.similarity, settings.compare,
+                                             settings.temperature)

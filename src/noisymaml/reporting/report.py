@@ -37,7 +37,7 @@ from noisymaml.pipeline.params import (
     trained_methods,
 )
 from noisymaml.pipeline.paths import curve_path, metrics_path
-from noisymaml.pipeline.steps import FEEDBACK_VARIANTS
+from noisymaml.pipeline.steps import FEEDBACK_VARIANTS, ONLINE_GROUP
 
 REPORTS = Path("reports")
 PALETTE = ("tab:blue", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive",
@@ -96,7 +96,7 @@ def _checked_metrics(path: Path, measure: Measure) -> dict:
     if missing:
         raise DataError(f"{path}: missing metric group(s) {', '.join(missing)}")
     keys = [f"{measure.column(stage)}{suffix}" for stage in ("pre", "post") for suffix in ("", "_ci95")]
-    for group in dict.fromkeys(group for _, group, _ in COLUMNS if group in data):
+    for group in dict.fromkeys(group for group in [*(g for _, g, _ in COLUMNS), ONLINE_GROUP] if group in data):
         summary = data[group]
         if not isinstance(summary, dict) or not all(_is_number(summary.get(k)) for k in [*keys, "tasks"]):
             raise DataError(f"{path}: group `{group}` needs finite numbers for {', '.join(keys)}, tasks")
@@ -144,6 +144,22 @@ def results_table(metrics: dict[str, dict], measure: Measure, labels: dict[str, 
              str(int(data["test"]["tasks"]))]
             for method, data in metrics.items()]
     return "\n".join(_table_row(row) for row in [header, [":--", *["--:"] * (len(header) - 1)], *rows])
+
+
+def online_table(metrics: dict[str, dict], measure: Measure, labels: dict[str, str]) -> list[str]:
+    """The online feedback stream (`feedback.mode: online`), only for the runs that have it:
+    each feedback task scored as it arrived, before its gradient fed back."""
+    online = {method: data[ONLINE_GROUP] for method, data in metrics.items() if ONLINE_GROUP in data}
+    if not online:
+        return []
+    header = ["run", "arriving tasks, post", "arriving tasks, pre", "tasks"]
+    rows = [[labels[method], *(format_mean_ci(summary, measure.column(stage), measure.percent)
+                               for stage in ("post", "pre")), str(int(summary["tasks"]))]
+            for method, summary in online.items()]
+    return ["", "Online feedback (`feedback.mode: online`): each feedback task scored on arrival, "
+                "adapted from the meta-parameters of that moment, before its support gradient fed "
+                "back; mean ± 95% CI over the stream (Student's t).", "",
+            *(_table_row(row) for row in [header, [":--", "--:", "--:", "--:"], *rows])]
 
 
 def _table_row(cells: list[str]) -> str:
@@ -297,7 +313,9 @@ def _settings_list(settings: Settings) -> str:
         f"- feedback on {feedback.method}: {feedback.iterations} extra iterations continuing its "
         f"training run, tasks weighted by softmax({feedback.similarity} similarity of their "
         f"{feedback.compare} gradients / {feedback.temperature:g}) to the support gradients of "
-        f"{feedback.tasks} feedback tasks",
+        f"{feedback.tasks} feedback tasks"
+        + (f", fed back online (re-training every {feedback.online_every} arriving tasks)"
+           if feedback.mode == "online" else ""),
     ]
     algorithms = dict.fromkeys(m.removeprefix(NOISY) for m in settings.methods)
     for name in algorithms:
@@ -336,7 +354,7 @@ def _dataset_section(dataset: str, settings: Settings, labels: dict[str, str], o
              + ("" if chance is None else f" Chance level (1/ways): {measure.shown(chance):.2f}.")
              + (f" {protocol}" if (protocol := DATASETS[dataset].protocol(settings.datasets[dataset])) else "")]
     if metrics:
-        lines += ["", results_table(metrics, measure, labels)]
+        lines += ["", results_table(metrics, measure, labels), *online_table(metrics, measure, labels)]
     lines += literature_table(dataset, settings.datasets[dataset], settings.seed)
     lines += _missing("results (not in the table)", metrics, metrics_path, dataset, labels)
     lines += _missing("learning curves", curves, curve_path, dataset, labels)

@@ -2,7 +2,8 @@
 
     noisymaml sweep run --dataset sinusoid        # queue, run one at a time, write the report
     noisymaml sweep run --dataset omniglot --shard 2/3 --jobs 4   # this machine's third, 4 at once
-    noisymaml sweep report --dataset sinusoid     # (re)write it from the experiments
+    noisymaml sweep save --dataset sinusoid       # add the finished experiments to reports/results/
+    noisymaml sweep report --dataset sinusoid     # (re)write it from reports/results/sinusoid.json
 
 Every run is a `dvc exp run` (queued by `reporting.experiments`) of the noisy chain at one
 (noise.where, noise.sigma, seed); sigma 0 is run once per seed (noise off: the placement means
@@ -13,7 +14,9 @@ experiments are listed, not dropped silently.
 A grid spread over machines: each queues only its share of the grid points (`Shard`; the
 shares partition the grid whatever their number), runs it and pushes its experiments
 (`dvc exp push`) to the shared git and DVC remotes; after `dvc exp pull` anywhere, the report
-covers every share, as if one machine had run the whole grid.
+covers every share, as if one machine had run the whole grid. The results data
+(`reporting.results`, written by `sweep run` and `sweep save`) needs neither: committed, it
+rebuilds the report on any clone.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from noisymaml.datasets import DATASETS
 from noisymaml.errors import DataError
 from noisymaml.pipeline.paths import metrics_path
 from noisymaml.reporting.experiments import PLACEMENTS
+from noisymaml.reporting.results import results_path
 
 NO_NOISE = "off"
 SWEPT = ("noise", "seed")  # the params.yaml sections a sweep varies
@@ -279,8 +283,9 @@ def write_sweep_report(doc: list, dataset: str, out_dir: Path) -> Path:
     if failed:
         lines += ["", "Failed experiments (not in the table):", "",
                   *(f"- {f.name} ({f.params}): {f.error}" for f in failed)]
-    lines += ["", f"Re-run: `noisymaml sweep run --dataset {dataset}`; rewrite from the "
-                  f"experiments: `noisymaml sweep report --dataset {dataset}`."]
+    lines += ["", f"Rebuild this page on any clone from the committed results data "
+                  f"(`{results_path(dataset).as_posix()}`): `noisymaml sweep report --dataset {dataset}`. "
+                  f"Re-run the grid: `noisymaml sweep run --dataset {dataset}` (it adds to that file)."]
     path = out_dir / f"sweep_{dataset}.md"
     path.write_text("\n".join(lines) + "\n")
     return path
