@@ -308,7 +308,8 @@ def test_predict_adapts_exactly_as_the_evaluate_stage(project: Path, tmp_path: P
     evaluation = run_module.Run.from_params("omniglot", method.removesuffix("_feedback").removesuffix("_continued"))
     data = evaluation.task_data()
     model, params, _ = load_model(model_file)
-    scores = run_module.evaluate_episodes(evaluation, evaluation.forward(model), data, params, data.test, limit=1)
+    scores = run_module.evaluate_episodes(evaluation, evaluation.forward(model), data, params, data.test,
+                                          "test episodes", limit=1)
     loss = torch.nn.functional.nll_loss(probs.log(), labels)
     assert loss.item() == pytest.approx(scores["loss_post"][0].item(), rel=1e-4, abs=1e-5)
     assert (probs.argmax(1) == labels).float().mean().item() == pytest.approx(scores["acc_post"][0].item())

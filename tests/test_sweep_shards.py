@@ -71,6 +71,7 @@ def test_the_report_over_pushed_shares_equals_the_unsharded_report(remote: Path)
     for machine in (first, second):
         run(["dvc", "exp", "push", "origin"], machine)
     run(["dvc", "exp", "pull", "origin"], first)
+    run([*SWEEP, "save", "--dataset", "sinusoid"], first)  # the pulled share joins this machine's results
     run([*SWEEP, "report", "--dataset", "sinusoid"], first)
 
     report = Path("reports") / "sweep_sinusoid.md"
