@@ -1,4 +1,5 @@
-"""The `noisymaml` command: `predict` on a user's images, `sweep run|report` for a sigma sweep.
+"""The `noisymaml` command: `predict` on a user's images, `sweep run|save|report` for a sigma sweep,
+`study run|save|report` for a study defined in studies/<name>.yaml.
 
 Only click and light modules load at start, so `noisymaml --help` answers at once: each command
 imports torch, matplotlib and the library it needs in its own body.
@@ -251,6 +252,83 @@ def _write_report(dataset: str, doc: list) -> None:
 
     path = write_sweep_report(with_method_files(doc, sweep_files(dataset)), dataset, REPORTS)
     click.echo(f"[sweep] wrote {path}")
+
+
+@main.group()
+def study() -> None:
+    """A study (studies/<name>.yaml: generators x arms x seeds, a validation choice, feedback)
+    as named DVC experiments, its results in reports/results/<name>.json, its report in reports/."""
+
+
+STUDY_FILE = click.argument("study_file", type=click.Path(dir_okay=False, path_type=Path))
+
+
+@study.command("run", short_help="Queue the cells not done yet, run them, save each as it finishes.")
+@STUDY_FILE
+@click.option("--only", multiple=True, metavar="GLOB",
+              help="Run only the cells whose name matches one of these globs (repeatable), e.g. "
+                   "--only 'yin-maml-*' --only '*-s0-*'. Cell names: <generator>-<arm>-s<seed>-<digest>.")
+@click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Experiments run at once: the number of GPUs (each run takes its own).")
+@click.option("--poll", default=60.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Seconds between looks at the queue (each look saves what finished).")
+@click.option("--dry-run", is_flag=True, help="List the commands it would queue, and queue nothing.")
+@stage
+def study_run(study_file: Path, only: tuple[str, ...], jobs: int, poll: float, dry_run: bool) -> None:
+    """Queue every cell of the study that can run now and has no saved result, run the queue,
+    and save each finished cell to reports/results/<study>.json; then queue the cells those
+    made possible (the arm chosen on validation), until none is left; then write the report.
+    Stopped anywhere (Ctrl-C, a lost machine), it resumes where it stopped: commit the results
+    file, run it again. Needs a finished `make repro` (the archives in DVC's cache)."""
+    from noisymaml.reporting import study as studies
+
+    spec = studies.load_study(study_file)
+    path = studies.results_file(spec)
+    if dry_run:
+        for cell in studies.pending(spec, studies.load_results(path, spec), only):
+            click.echo("$ " + " ".join(cell.command()))
+        return
+    studies.run(spec, path, jobs, poll, only, log=click.echo)
+    _write_study_report(spec, path)
+
+
+@study.command("save", short_help="Add the study's finished experiments to its results file.")
+@STUDY_FILE
+@INPUT_OPTION
+@stage
+def study_save(study_file: Path, source) -> None:
+    """Write the study's finished experiments of `dvc exp show` (found by their cell names:
+    commit, params.yaml values, metrics file and learning curve read from the commit) into
+    reports/results/<study>.json. Commit the file: `noisymaml study report` rebuilds the report
+    from it on any clone."""
+    from noisymaml.reporting import study as studies
+
+    spec = studies.load_study(study_file)
+    path = studies.results_file(spec)
+    with _named(source and source.name):
+        added, held = studies.save(spec, path, _shown_document(source))
+    click.echo(f"[study] {path}: {added} cell(s) added, {held} held; commit it to keep them")
+
+
+@study.command("report", short_help="Write reports/<study>.md from the study's results file.")
+@STUDY_FILE
+@stage
+def study_report(study_file: Path) -> None:
+    """Tables (the validation choice, the arms per generator, feedback) and convergence
+    figures from reports/results/<study>.json alone: no experiment refs needed."""
+    from noisymaml.reporting import study as studies
+
+    spec = studies.load_study(study_file)
+    _write_study_report(spec, studies.results_file(spec))
+
+
+def _write_study_report(spec, path: Path) -> None:
+    from noisymaml.reporting.study import load_results
+    from noisymaml.reporting.study_report import write_study_report
+
+    with _named(path):
+        written = write_study_report(spec, load_results(path, spec), REPORTS)
+    click.echo(f"[study] wrote {written}")
 
 
 if __name__ == "__main__":

@@ -72,8 +72,10 @@ def _shown(value: float | str | int) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def run_queue(commands: list[list[str]], jobs: int = 1, poll_seconds: float = 30.0, log=print) -> None:
-    """Queue the experiments, run them with `jobs` workers, and wait until the queue is empty.
+def run_queue(commands: list[list[str]], jobs: int = 1, poll_seconds: float = 30.0, log=print,
+              on_poll: Callable[[], None] | None = None) -> None:
+    """Queue the experiments, run them with `jobs` workers, and wait until the queue is empty,
+    calling `on_poll` at every look (e.g. to save what finished).
 
     One worker on a small CPU (two torch runs each slow down several-fold); on a machine with N
     GPUs, N workers: every run's stages take a GPU of their own (`device: auto`)."""
@@ -81,13 +83,20 @@ def run_queue(commands: list[list[str]], jobs: int = 1, poll_seconds: float = 30
         _checked(command)
     _checked(["dvc", "queue", "start", "--jobs", str(jobs)])
     while True:
-        status = _checked(["dvc", "queue", "status"])
-        waiting = [line for line in status.splitlines() if " Queued " in f" {line} " or
-                   " Running " in f" {line} "]
+        waiting = queued_names()
+        if on_poll:
+            on_poll()
         if not waiting:
             return
-        log(f"[sweep] {len(waiting)} experiment(s) queued or running")
+        log(f"[queue] {len(waiting)} experiment(s) queued or running")
         time.sleep(poll_seconds)
+
+
+def queued_names() -> list[str]:
+    """The names of the experiments `dvc queue status` lists as queued or running."""
+    lines = _checked(["dvc", "queue", "status"]).splitlines()
+    return [line.split()[1] for line in lines
+            if len(line.split()) > 2 and line.split()[-1] in ("Queued", "Running")]
 
 
 def _checked(command: list[str]) -> str:

@@ -1,0 +1,380 @@
+"""A study: a named grid of DVC experiments (generator x arm x seed, a validation choice, a
+feedback ablation), run in slices, its results kept as committed data.
+
+The study file (studies/<name>.yaml) states every cell as params.yaml settings; each cell is one
+`dvc exp run --queue -n <cell name> -S ... <target stage>`. The name carries a digest of the
+cell's settings and target, so editing the study file makes the edited cells new ones while the
+others keep their results. `noisymaml study run` queues the cells the results file
+(reports/results/<name>.json) lacks, runs them, and saves every finished one to that file as
+it finishes: stop it anywhere, commit the file, and the next run (here or on another clone)
+resumes where the queue stopped.
+
+The noisy arm the study compares is chosen per generator on the validation tasks of short
+runs (`selection`); its long cells exist once every candidate has finished for every seed.
+
+No torch or matplotlib here: the command line imports this module to queue and save.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import itertools
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from ruamel.yaml import YAML, YAMLError
+
+from noisymaml.core.files import write_json
+from noisymaml.errors import DataError, ParamError
+from noisymaml.pipeline.paths import curve_path, metrics_path
+from noisymaml.reporting.experiments import exp_show, git_file, queued_names, run_queue
+
+FORMAT = "noisymaml-study/1"
+FEEDBACK_FILES = ("noisy_maml", "noisy_maml_feedback", "noisy_maml_continued")
+Settings = dict[str, Any]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Selection(_Strict):
+    arm: str
+    method: str
+    grid: dict[str, list[Any]] = Field(min_length=1)
+    reference: str | None = None
+
+
+class Arm(_Strict):
+    method: str
+    set: Settings = {}
+
+
+class FeedbackPart(_Strict):
+    arm: str
+    generator: str
+    runs: dict[str, Settings] = Field(min_length=1)
+
+
+class Study(_Strict):
+    name: str
+    dataset: str
+    seeds: list[int] = Field(min_length=1)
+    budgets: dict[str, Settings]
+    generators: dict[str, Settings] = Field(min_length=1)
+    selection: Selection | None = None
+    arms: dict[str, Arm] = Field(min_length=1)
+    feedback: FeedbackPart | None = None
+    reach: float = Field(0.3, gt=0)  # the validation score whose first crossing the report gives
+
+
+def load_study(path: Path) -> Study:
+    """The study file at `path`; a missing, malformed or inconsistent file is a ParamError
+    naming the file and the key."""
+    try:
+        data = YAML(typ="safe", pure=True).load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise ParamError(f"{path}: cannot read the study file ({err})") from None
+    except YAMLError as err:
+        raise ParamError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ParamError(f"{path}: expected a mapping (dataset, seeds, budgets, generators, arms, ...)")
+    try:
+        study = Study.model_validate({"name": Path(path).stem, **data})
+    except ValidationError as err:
+        raise ParamError(f"{path}: {_first_problem(err)}") from None
+    problem = _consistency_problem(study)
+    if problem:
+        raise ParamError(f"{path}: {problem}")
+    return study
+
+
+def _first_problem(err: ValidationError) -> str:
+    """One clause for the first problem, a misspelt key before the missing one it explains."""
+    problem = sorted(err.errors(), key=lambda p: p["type"] != "extra_forbidden")[0]
+    where = ".".join(str(part) for part in problem["loc"])
+    if problem["type"] == "extra_forbidden":
+        return f"unknown key `{where}` (misspelt?)"
+    if problem["type"] == "missing":
+        return f"missing key `{where}`"
+    return f"`{where}` = {problem['input']!r}: {problem['msg']}"
+
+
+def _consistency_problem(study: Study) -> str | None:
+    if "long" not in study.budgets or (study.selection and "short" not in study.budgets):
+        return "`budgets` needs `long` (every arm) and `short` (the selection)"
+    if study.selection and study.selection.arm not in study.arms:
+        return f"`selection.arm` = {study.selection.arm!r} is not one of `arms`"
+    if study.feedback and study.feedback.arm not in study.arms:
+        return f"`feedback.arm` = {study.feedback.arm!r} is not one of `arms`"
+    if study.feedback and study.feedback.generator not in study.generators:
+        return f"`feedback.generator` = {study.feedback.generator!r} is not one of `generators`"
+    return None
+
+
+# --- cells ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Cell:
+    """One experiment of the study: what it sets, the stage it runs, the files it is read by."""
+
+    part: str           # selection | arms | feedback
+    generator: str
+    arm: str            # an arm, a selection candidate's label, or a feedback run
+    seed: int
+    method: str         # whose metrics file and curve the study reads
+    settings: Settings = field(hash=False)
+    target: str
+
+    @property
+    def name(self) -> str:
+        digest = hashlib.sha1(json.dumps([self.settings, self.target], sort_keys=True).encode()).hexdigest()
+        return f"{self.generator}-{self.arm}-s{self.seed}-{digest[:6]}"
+
+    def files(self, dataset: str) -> list[str]:
+        if self.part == "feedback":
+            return [metrics_path(dataset, m).as_posix() for m in FEEDBACK_FILES]
+        return [metrics_path(dataset, self.method).as_posix(), curve_path(dataset, self.method).as_posix()]
+
+    def command(self) -> list[str]:
+        settings = [arg for key, value in self.settings.items() for arg in ("-S", f"{key}={shown(value)}")]
+        return ["dvc", "exp", "run", "--queue", "-n", self.name, *settings, self.target]
+
+
+def shown(value: Any) -> str:
+    """A value as `dvc exp run -S` reads it back (YAML; mappings are not study values)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):  # YAML flow style without spaces: one shell word
+        return "[" + ",".join(shown(v) for v in value) + "]"
+    return str(value)
+
+
+def target_of(dataset: str, method: str) -> str:
+    """The stage that trains and evaluates `method` (noisy_<algorithm>: the noisy chain)."""
+    if method.startswith("noisy_"):
+        return f"evaluate_noisy@{dataset}-{method.removeprefix('noisy_')}"
+    return f"evaluate@{dataset}-{method}"
+
+
+def _cell(study: Study, part: str, generator: str, arm: str, seed: int, method: str, budget: str,
+          *extra: Settings, target: str | None = None) -> Cell:
+    settings = {**study.generators[generator], **study.budgets[budget]}
+    for more in extra:
+        settings.update(more)
+    settings["seed"] = seed
+    return Cell(part, generator, arm, seed, method, settings, target or target_of(study.dataset, method))
+
+
+def candidates(study: Study) -> list[tuple[str, Settings]]:
+    """The selection's grid points as (label, settings), in the grid's order."""
+    keys = list(study.selection.grid)
+    points = [dict(zip(keys, values)) for values in itertools.product(*study.selection.grid.values())]
+    return [("sel-" + "-".join(shown(v) for v in point.values()), point) for point in points]
+
+
+def selection_cells(study: Study, generator: str) -> list[Cell]:
+    selection = study.selection
+    cells = []
+    for seed in study.seeds:
+        if selection.reference:
+            arm = study.arms.get(selection.reference, Arm(method=selection.reference))
+            cells.append(_cell(study, "selection", generator, f"sel-{selection.reference}", seed,
+                               arm.method, "short", arm.set))
+        cells += [_cell(study, "selection", generator, label, seed, selection.method, "short",
+                        study.arms[selection.arm].set, point) for label, point in candidates(study)]
+    return cells
+
+
+def chosen(study: Study, results: dict, generator: str) -> tuple[str, Settings] | None:
+    """The candidate with the best mean validation score over seeds, once every candidate has
+    finished for every seed (None before). Only validation numbers enter."""
+    labels = dict(candidates(study))
+    cells = [c for c in selection_cells(study, generator) if c.arm in labels]
+    if any(c.name not in results["cells"] for c in cells):
+        return None
+    key, better = _score_key(study.dataset)
+    means = {label: statistics.fmean(value(results, c, study.dataset, "val", f"{key}_post")
+                                      for c in cells if c.arm == label)
+             for label in labels}
+    best = better(means, key=means.get)
+    return best, labels[best]
+
+
+def _score_key(dataset: str):
+    from noisymaml.datasets import DATASETS
+
+    key = DATASETS[dataset].measure.key
+    return key, (max if key == "acc" else min)
+
+
+def arm_cells(study: Study, results: dict, generator: str, arm: str) -> list[Cell]:
+    """An arm's long cells on a generator; the selection's arm only once it is chosen."""
+    spec = study.arms[arm]
+    extra: Settings = {}
+    if study.selection and arm == study.selection.arm:
+        choice = chosen(study, results, generator)
+        if choice is None:
+            return []
+        extra = choice[1]
+    return [_cell(study, "arms", generator, arm, seed, spec.method, "long", spec.set, extra)
+            for seed in study.seeds]
+
+
+def feedback_cells(study: Study, results: dict) -> list[Cell]:
+    part = study.feedback
+    base = {c.seed: c for c in arm_cells(study, results, part.generator, part.arm)}
+    return [_cell(study, "feedback", part.generator, f"fb-{run}", seed, study.arms[part.arm].method, "long",
+                  {k: v for k, v in base[seed].settings.items() if k != "seed"}, extra,
+                  {"feedback.method": study.arms[part.arm].method}, target=f"feedback@{study.dataset}")
+            for seed in base for run, extra in part.runs.items()]
+
+
+def study_cells(study: Study, results: dict) -> list[Cell]:
+    """Every cell that can run now, in queue order: seed by seed, the arms (arm by arm, each on
+    every generator), then that seed's selection; then feedback. A seed of every arm finishes
+    before the next seed starts, so a study stopped early has whole seeds."""
+    arms = [c for a in study.arms for g in study.generators for c in arm_cells(study, results, g, a)]
+    selection = [c for g in study.generators for c in selection_cells(study, g)] if study.selection else []
+    cells = [c for seed in study.seeds for c in [*arms, *selection] if c.seed == seed]
+    return cells + (feedback_cells(study, results) if study.feedback else [])
+
+
+def planned_count(study: Study) -> int:
+    """How many cells the study has once everything is chosen."""
+    per_seed = (len(candidates(study)) + bool(study.selection.reference)) if study.selection else 0
+    per_seed = per_seed * len(study.generators) + len(study.arms) * len(study.generators)
+    per_seed += len(study.feedback.runs) if study.feedback else 0
+    return per_seed * len(study.seeds)
+
+
+# --- results data ---------------------------------------------------------------------------
+
+def results_file(study: Study) -> Path:
+    from noisymaml.reporting.results import RESULTS_DIR
+
+    return RESULTS_DIR / f"{study.name}.json"
+
+
+def empty_results(study: Study) -> dict:
+    return {"format": FORMAT, "study": study.name, "dataset": study.dataset, "cells": {}, "failed": {}}
+
+
+def load_results(path: Path, study: Study) -> dict:
+    """The study's results file (empty results where it does not exist yet)."""
+    if not Path(path).exists():
+        return empty_results(study)
+    try:
+        results = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"{path}: not a valid study results file ({err})") from None
+    if not (isinstance(results, dict) and results.get("format") == FORMAT and results.get("study") == study.name
+            and isinstance(results.get("cells"), dict) and isinstance(results.get("failed"), dict)):
+        raise DataError(f"{path}: not the results of study {study.name!r} (expected \"format\": "
+                        f"\"{FORMAT}\", \"study\", \"cells\" and \"failed\")")
+    return results
+
+
+def value(results: dict, cell: Cell, dataset: str, group: str, key: str, method: str | None = None) -> float:
+    """One number of a finished cell's metrics file (`method`'s file; default the cell's)."""
+    path = metrics_path(dataset, method or cell.method).as_posix()
+    try:
+        return float(results["cells"][cell.name]["files"][path][group][key])
+    except (KeyError, TypeError, ValueError):
+        raise DataError(f"study results: cell {cell.name} has no number `{group}.{key}` in {path}") from None
+
+
+def records(doc: list, cells: list[Cell], dataset: str, held: dict, read=git_file) -> tuple[dict, dict]:
+    """The finished and failed experiments of a `dvc exp show --json` document that are cells
+    of the study and not `held` already: name -> record (commit, baseline, params, files read
+    from the commit), name -> error."""
+    by_name = {c.name: c for c in cells}
+    finished, failed = {}, {}
+    for baseline in doc:
+        for experiment in baseline.get("experiments") or []:
+            rev = experiment["revs"][0]
+            cell = by_name.get(rev.get("name"))
+            state = (experiment.get("executor") or {"state": "success"}).get("state")
+            if cell is None or (held.get(cell.name) or {}).get("commit") == rev.get("rev"):
+                continue
+            if state == "failed" or rev.get("error"):
+                failed[cell.name] = str(rev.get("error") or "failed")
+            elif state == "success" and rev.get("data"):
+                finished[cell.name] = _record(rev, baseline["rev"], cell, dataset, read)
+    return finished, failed
+
+
+def _record(rev: dict, baseline: str, cell: Cell, dataset: str, read) -> dict:
+    params = ((rev["data"].get("params") or {}).get("params.yaml") or {}).get("data") or {}
+    files = {}
+    for path in cell.files(dataset):
+        text = read(rev["rev"], path)
+        if text is None:
+            raise DataError(f"experiment {cell.name} ({rev['rev'][:7]}): no {path} in its commit")
+        files[path] = json.loads(text) if path.endswith(".json") else text
+    return {"commit": rev["rev"], "baseline": baseline, "params": params, "files": files}
+
+
+def save(study: Study, path: Path, doc: list | None = None, read=git_file) -> tuple[int, int]:
+    """Add the study's finished experiments (of `doc`, default `dvc exp show` here) to the
+    results file; failures are listed until the cell finishes. Cells that finished ones make
+    possible (the chosen arm after the selection) are looked for too. Returns (cells added,
+    cells held)."""
+    results = load_results(path, study)
+    doc = exp_show() if doc is None else doc
+    added, changed, failed = 0, False, {}
+    while True:
+        finished, failures = records(doc, study_cells(study, results), study.dataset, results["cells"], read)
+        failed.update(failures)
+        if not finished:
+            break
+        added += len(finished.keys() - results["cells"].keys())
+        results["cells"].update(finished)
+        changed = True
+    results["failed"] = {n: e for n, e in {**results["failed"], **failed}.items() if n not in results["cells"]}
+    if changed or failed:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        write_json(Path(path), results)
+    return added, len(results["cells"])
+
+
+def pending(study: Study, results: dict, only: tuple[str, ...] = ()) -> list[Cell]:
+    """Cells that can run now and have no saved result (`only`: globs over cell names, any of
+    which a cell must match)."""
+    return [c for c in study_cells(study, results) if c.name not in results["cells"]
+            and (not only or any(fnmatch.fnmatch(c.name, pattern) for pattern in only))]
+
+
+def run(study: Study, path: Path, jobs: int = 1, poll_seconds: float = 60.0, only: tuple[str, ...] = (),
+        log=print) -> None:
+    """Queue the cells that can run now and have no result, run them with `jobs` workers and
+    save each finished one to the results file at `path`; then the cells they made possible
+    (the chosen arm), until none is left. Cells already queued (an earlier run stopped while
+    the queue went on) are waited for, not queued twice; a failed cell is retried by the next
+    `study run`, not by this one."""
+    tried: set[str] = set()
+    while True:
+        results = load_results(path, study)
+        waiting = set(queued_names())
+        todo = [c for c in pending(study, results, only) if c.name not in tried | waiting]
+        if not todo and not waiting:
+            return
+        log(f"[study] {len(results['cells'])} of {planned_count(study)} cells done; queueing {len(todo)}, "
+            f"{len(waiting)} already queued or running")
+        for cell in todo:
+            log("$ " + " ".join(cell.command()))
+        tried |= {c.name for c in todo} | waiting
+        run_queue([c.command() for c in todo], jobs, poll_seconds, log, on_poll=lambda: _saved(study, path, log))
+
+
+def _saved(study: Study, path: Path, log) -> None:
+    added, held = save(study, path)
+    if added:
+        log(f"[study] {path}: {added} cell(s) added, {held} held; commit it to keep them")

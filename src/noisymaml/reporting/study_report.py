@@ -1,0 +1,273 @@
+"""A study's report, reports/<study>.md and its convergence figures, from the study's results
+file alone (reports/results/<study>.json): any clone rebuilds it with `noisymaml study report`.
+
+Every ± is a 95% interval of the mean over seeds (Student's t for the number of seeds, shown as
+n); a figure from a single seed shows that run's 95% interval over its episodes (1.96·SE)
+instead, marked "1 seed". Selection tables show validation numbers only: the noise is chosen on
+them, and the test tasks are read once, for the arms' table.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+
+import torch
+from matplotlib.figure import Figure
+
+from noisymaml.core.files import write_text
+from noisymaml.core.metrics import mean_ci95
+from noisymaml.errors import DataError
+from noisymaml.pipeline.paths import curve_path
+from noisymaml.reporting.study import (
+    Cell,
+    Study,
+    arm_cells,
+    candidates,
+    chosen,
+    feedback_cells,
+    planned_count,
+    results_file,
+    selection_cells,
+    shown,
+    value,
+)
+
+Interval = tuple[float, float, int]  # mean, 95% half-width, number of seeds
+CURVES = (("val_acc_post", "validation accuracy after adaptation"),
+          ("train_acc_pre", "memorisation index (training meta-batch, before adaptation)"))
+ONLINE_GROUP = "online_stream"
+
+
+def over_seeds(values: list[tuple[float, float]]) -> Interval | None:
+    """(mean, half-width, n) of per-seed (value, own 95% half-width) pairs: Student's t over
+    seeds, or the single run's own interval; None without values."""
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0][0], values[0][1], 1
+    mean, half = mean_ci95(torch.tensor([v for v, _ in values], dtype=torch.float64))
+    return mean, half, len(values)
+
+
+def _shown(cell: Interval | None, percent: bool = True) -> str:
+    if cell is None:
+        return "not run yet"
+    mean, half, n = cell
+    scale, unit = (100, " %") if percent else (1, "")
+    seeds = "1 seed" if n == 1 else f"n={n}"
+    return f"{scale * mean:.2f} ± {scale * half:.2f}{unit} ({seeds})"
+
+
+def _finished(results: dict, cells: list[Cell]) -> list[Cell]:
+    return [c for c in cells if c.name in results["cells"]]
+
+
+def _metric(results: dict, cells: list[Cell], dataset: str, group: str, key: str,
+            method: str | None = None) -> Interval | None:
+    return over_seeds([(value(results, c, dataset, group, key, method),
+                        value(results, c, dataset, group, f"{key}_ci95", method))
+                       for c in _finished(results, cells)])
+
+
+# --- tables ---------------------------------------------------------------------------------
+
+def selection_table(study: Study, results: dict, generator: str) -> list[str]:
+    cells = selection_cells(study, generator)
+    choice = chosen(study, results, generator)
+    labels = [f"sel-{study.selection.reference}"] if study.selection.reference else []
+    labels += [label for label, _ in candidates(study)]
+    settings = dict(candidates(study))
+    lines = ["| candidate | validation accuracy, post | memorisation index | |", "| :-- | --: | --: | :-- |"]
+    for label in labels:
+        group = [c for c in cells if c.arm == label]
+        described = ", ".join(f"{k} = {shown(v)}" for k, v in settings[label].items()) if label in settings \
+            else f"{study.selection.reference} (reference, not a candidate)"
+        mark = "**chosen**" if choice and choice[0] == label else ""
+        lines.append(f"| {described} | {_shown(_metric(results, group, study.dataset, 'val', 'acc_post'))} | "
+                     f"{_shown(_metric(results, group, study.dataset, 'train_tasks', 'acc_pre'))} | {mark} |")
+    return lines
+
+
+def arms_table(study: Study, results: dict) -> list[str]:
+    """Per arm and generator: held-out test accuracy, memorisation index, validation accuracy."""
+    header = ["arm"] + [f"{g}: {what}" for g in study.generators
+                        for what in ("test accuracy", "memorisation index", "validation accuracy")]
+    lines = ["| " + " | ".join(header) + " |", "| :-- |" + " --: |" * (len(header) - 1)]
+    for arm in study.arms:
+        row = [arm]
+        for generator in study.generators:
+            cells = arm_cells(study, results, generator, arm)
+            row += [_shown(_metric(results, cells, study.dataset, group, key))
+                    for group, key in (("test", "acc_post"), ("train_tasks", "acc_pre"), ("val", "acc_post"))]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def feedback_table(study: Study, results: dict) -> list[str]:
+    """Feedback against the same stream or extra iterations without it: on the held-out test
+    tasks, and on the feedback tasks themselves (online: each scored on arrival)."""
+    cells = feedback_cells(study, results)
+    method = study.arms[study.feedback.arm].method
+    lines = ["| run | held-out test: no further training | + feedback | continued, unweighted | "
+             "feedback tasks: no further training | + feedback | continued, unweighted |",
+             "| :-- |" + " --: |" * 6]
+    for run in study.feedback.runs:
+        group = [c for c in cells if c.arm == f"fb-{run}"]
+        online = all(ONLINE_GROUP in results["cells"][c.name]["files"].get(
+            f"metrics/{study.dataset}/{method}_feedback.json", {}) for c in _finished(results, group))
+        fed = ONLINE_GROUP if online and _finished(results, group) else "test_feedback_tasks"
+        row = [run]
+        for group_name, stream in (("test", "test"), ("test_feedback_tasks", fed)):
+            row.append(_shown(_metric(results, group, study.dataset, group_name, "acc_post", method)))
+            row += [_shown(_metric(results, group, study.dataset, stream, "acc_post", f"{method}_{variant}"))
+                    for variant in ("feedback", "continued")]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+# --- convergence ----------------------------------------------------------------------------
+
+def curve(results: dict, cell: Cell, dataset: str) -> dict[str, list[float]]:
+    """A finished cell's learning curve, column -> values."""
+    path = curve_path(dataset, cell.method).as_posix()
+    try:
+        rows = list(csv.DictReader(io.StringIO(results["cells"][cell.name]["files"][path])))
+        return {key: [float(row[key]) for row in rows] for key in ("iteration", *(k for k, _ in CURVES))}
+    except (KeyError, TypeError, ValueError):
+        raise DataError(f"study results: cell {cell.name} has no readable curve {path}") from None
+
+
+def _band(curves: list[dict[str, list[float]]], key: str) -> tuple[list[float], list[float], list[float]]:
+    """Iterations, mean and 95% t half-width over seeds (0 with one seed) of a curve column,
+    over the iterations every seed logged."""
+    length = min(len(c["iteration"]) for c in curves)
+    means, halves = [], []
+    for i in range(length):
+        column = [c[key][i] for c in curves]
+        if len(column) == 1:
+            means.append(column[0])
+            halves.append(0.0)
+        else:
+            mean, half = mean_ci95(torch.tensor(column, dtype=torch.float64))
+            means.append(mean)
+            halves.append(half)
+    return curves[0]["iteration"][:length], means, halves
+
+
+def plot_convergence(study: Study, results: dict, generator: str, path: Path) -> bool:
+    """One figure per generator: validation accuracy and memorisation index against
+    iteration, per arm the mean over seeds and its 95% t band. False when no arm has finished."""
+    figure = Figure(figsize=(11, 4.2), layout="constrained")
+    panels = figure.subplots(1, 2, sharex=True)
+    drawn = False
+    for index, arm in enumerate(study.arms):
+        cells = _finished(results, arm_cells(study, results, generator, arm))
+        if not cells:
+            continue
+        drawn = True
+        curves = [curve(results, c, study.dataset) for c in cells]
+        for axes, (key, _) in zip(panels, CURVES):
+            x, mean, half = _band(curves, key)
+            color = f"C{index}"
+            axes.plot(x, [100 * m for m in mean], color=color, label=f"{arm} (n={len(cells)})")
+            axes.fill_between(x, [100 * (m - h) for m, h in zip(mean, half)],
+                              [100 * (m + h) for m, h in zip(mean, half)], color=color, alpha=0.15)
+    if not drawn:
+        return False
+    for axes, (_, label) in zip(panels, CURVES):
+        axes.set(title=label, xlabel="meta-iteration", ylabel="accuracy (%)")
+        axes.grid(alpha=0.3)
+    panels[0].legend(fontsize="small")
+    figure.suptitle(f"{study.dataset}, generator {generator}: mean over seeds, band = 95% t-interval")
+    figure.savefig(path, dpi=100, metadata={"Software": None})
+    return True
+
+
+def convergence_table(study: Study, results: dict, generator: str) -> list[str]:
+    """Per arm: first logged iteration where the seed-mean validation accuracy reaches
+    `study.reach`, the final validation accuracy, its spread over seeds (SD), and the largest
+    fall from a seed's best validation accuracy to its last (divergence shows here)."""
+    lines = [f"| arm | first iteration with mean validation accuracy ≥ {100 * study.reach:.0f} % | "
+             "final validation accuracy (curve) | SD over seeds at the end | fall from best to last |",
+             "| :-- | --: | --: | --: | --: |"]
+    for arm in study.arms:
+        cells = _finished(results, arm_cells(study, results, generator, arm))
+        if not cells:
+            lines.append(f"| {arm} | not run yet | | | |")
+            continue
+        curves = [curve(results, c, study.dataset) for c in cells]
+        x, mean, _ = _band(curves, "val_acc_post")
+        reached = next((int(i) for i, m in zip(x, mean) if m >= study.reach), None)
+        finals = [c["val_acc_post"][-1] for c in curves]
+        final = over_seeds([(f, 0.0) for f in finals])
+        spread = torch.tensor(finals, dtype=torch.float64).std().item() if len(finals) > 1 else math.nan
+        fall = max(max(c["val_acc_post"]) - c["val_acc_post"][-1] for c in curves)
+        lines.append(f"| {arm} | {reached if reached is not None else 'not reached'} | "
+                     f"{_shown(final) if len(finals) > 1 else f'{100 * finals[0]:.2f} % (1 seed)'} | "
+                     f"{'n/a' if math.isnan(spread) else f'{100 * spread:.2f} points'} | {100 * fall:.2f} points |")
+    return lines
+
+
+# --- the page -------------------------------------------------------------------------------
+
+def _commands(study: Study, results: dict) -> list[str]:
+    """Each arm's `dvc exp run` for seed 0 on each generator (other seeds: `-S seed=N`)."""
+    lines = []
+    for generator in study.generators:
+        for arm in study.arms:
+            cells = arm_cells(study, results, generator, arm)
+            if cells:
+                command = " ".join(cells[0].command()).replace("--queue ", "")
+                lines.append(f"- {generator} / {arm}: `{command}`")
+            else:
+                lines.append(f"- {generator} / {arm}: set once the selection has finished")
+    return lines
+
+
+def write_study_report(study: Study, results: dict, out_dir: Path) -> Path:
+    """reports/<study>.md and reports/figures/<study>_<generator>.png from the results."""
+    done, planned = len(results["cells"]), planned_count(study)
+    study_file = f"studies/{study.name}.yaml"
+    lines = [f"# Study {study.name}: {study.dataset}", "",
+             f"{done} of {planned} cells finished. Rebuild this page on any clone from the committed results "
+             f"data (`{results_file(study).as_posix()}`): `noisymaml study report {study_file}`; run or resume "
+             f"the study (queues only the cells not in that file): `noisymaml study run {study_file}`.", "",
+             "Every ± is a 95% interval of the mean over seeds (Student's t; n = the seeds finished); a "
+             "figure from one seed shows that run's 95% interval over its episodes (1.96·SE). Test accuracy "
+             "is over the held-out test episodes (test characters not set aside for feedback); the "
+             "memorisation index is the accuracy on training tasks before adaptation (chance = 1/ways).", "",
+             "Settings per cell (params.yaml keys), budgets: "
+             + "; ".join(f"{name}: {', '.join(f'{k} = {shown(v)}' for k, v in s.items())}"
+                         for name, s in study.budgets.items()) + ".", ""]
+    if study.selection:
+        lines += ["## Noise chosen on validation (short budget)", "",
+                  f"Candidates: {study.selection.method} over "
+                  + ", ".join(f"{k} ∈ {{{', '.join(shown(v) for v in vs)}}}" for k, vs in study.selection.grid.items())
+                  + f", chosen by mean validation accuracy over seeds; the choice runs long as arm "
+                    f"`{study.selection.arm}`.", ""]
+        for generator in study.generators:
+            lines += [f"Generator `{generator}`:", "", *selection_table(study, results, generator), ""]
+    lines += ["## Arms (long budget)", "", *arms_table(study, results), "", "## Convergence", ""]
+    figures = out_dir / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    for generator in study.generators:
+        image = f"figures/{study.name}_{generator}.png"
+        if plot_convergence(study, results, generator, out_dir / image):
+            lines += [f"Generator `{generator}`:", "", f"![{generator}]({image})", "",
+                      *convergence_table(study, results, generator), ""]
+    if study.feedback:
+        lines += ["## Feedback", "",
+                  f"On arm `{study.feedback.arm}`, generator `{study.feedback.generator}`, long budget. "
+                  "Held-out test: the test episodes no feedback task shares a class with.", "",
+                  *feedback_table(study, results), ""]
+    lines += ["## Commands", "", *_commands(study, results)]
+    if results["failed"]:
+        lines += ["", "## Failed cells (not in the tables; `study run` retries them)", "",
+                  *(f"- {name}: {error}" for name, error in results["failed"].items())]
+    path = out_dir / f"{study.name}.md"
+    write_text(path, "\n".join(lines) + "\n")
+    return path
+

@@ -1,0 +1,218 @@
+"""Studies: cells named by their settings, the validation choice, results as data (saved from
+`dvc exp show`, resumed, rebuilt into the report on a clone with nothing but the file)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from ruamel.yaml import YAML
+
+from noisymaml.cli import main
+from noisymaml.core.metrics import mean_ci95
+from noisymaml.errors import ParamError
+from noisymaml.pipeline.params import read_params
+from noisymaml.pipeline.run import Run
+from noisymaml.reporting import study as studies
+from noisymaml.reporting.study_report import write_study_report
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = """
+dataset: omniglot
+seeds: [0, 1]
+budgets: {short: {omniglot.train.iterations: 2}, long: {omniglot.train.iterations: 4}}
+generators: {yin: {omniglot.tasks.rotations: "off"}, rajendran: {omniglot.tasks.rotations: augment}}
+selection: {arm: noisy, method: noisy_maml, grid: {noise.sigma: [0.01, 0.1]}, reference: maml}
+arms:
+  maml: {method: maml}
+  noisy: {method: noisy_maml}
+feedback: {arm: noisy, generator: yin, runs: {online_2: {feedback.tasks: 2, feedback.mode: online}}}
+"""
+
+
+def tiny(tmp_path: Path, text: str = TINY) -> studies.Study:
+    path = tmp_path / "studies" / "tiny.yaml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(text)
+    return studies.load_study(path)
+
+
+def metrics(val: float, test: float, train_pre: float) -> dict:
+    def group(acc: float) -> dict:
+        return {"acc_post": acc, "acc_post_ci95": 0.01, "acc_pre": train_pre, "acc_pre_ci95": 0.01, "tasks": 10}
+    return {"val": group(val), "test": group(test), "train_tasks": group(train_pre),
+            "test_feedback_tasks": group(test), "online_stream": group(test + 0.01)}
+
+
+CURVE = "iteration,train_loss_pre,train_acc_pre,train_loss_post,train_acc_post,val_loss_post,val_acc_post\n" \
+        "2,3.0,{pre},2.5,0.2,2.6,{half}\n4,2.9,{pre},2.4,0.3,2.5,{val}\n"
+
+
+def shown_doc(cells: list[studies.Cell], scores: dict[str, tuple[float, float]], failed=()) -> tuple[list, dict]:
+    """A `dvc exp show --json` document with these cells finished (val, test scores) or failed,
+    and the files of each experiment commit."""
+    files, experiments = {}, []
+    for cell in cells:
+        rev = f"commit-{cell.name}"
+        val, test = scores.get(cell.name, (0.0, 0.0))
+        for path in cell.files("omniglot"):
+            files[(rev, path)] = (json.dumps(metrics(val, test, 0.5)) if path.endswith(".json")
+                                  else CURVE.format(pre=0.5, half=val / 2, val=val))
+        error = "diverged" if cell.name in failed else None
+        experiments.append({"executor": {"state": "failed" if error else "success"}, "revs": [
+            {"rev": rev, "name": cell.name, "error": error,
+             "data": {"params": {"params.yaml": {"data": {"seed": cell.seed}}}, "metrics": {}}}]})
+    return [{"rev": "base", "name": "main", "data": {}, "experiments": experiments}], files
+
+
+def save(study, path, doc_files):
+    doc, files = doc_files
+    return studies.save(study, path, doc, read=lambda rev, p: files.get((rev, p)))
+
+
+def test_every_cell_of_the_committed_study_is_a_valid_params_file(tmp_path):
+    """Each cell's settings, applied to params.yaml, pass the pipeline's own validation: no
+    misspelt key or value waits to fail hours into a queue."""
+    study = studies.load_study(ROOT / "studies" / "nme_omniglot.yaml")
+    results = studies.empty_results(study)
+    cells = studies.study_cells(study, results)
+    chosen_like = [c for g in study.generators for c in studies.selection_cells(study, g)]
+    assert {c.part for c in cells} == {"arms", "selection"}
+    for cell in [*cells, *chosen_like]:
+        data = read_params(ROOT / "params.yaml")
+        for key, value in cell.settings.items():
+            *sections, last = key.split(".")
+            node = data
+            for section in sections:
+                node = node[section]
+            assert last in node, f"{cell.name}: {key} is not a params.yaml key"
+            node[last] = value
+        path = tmp_path / "params.yaml"
+        YAML().dump(data, path)
+        Run.from_params("omniglot", cell.method, path)
+    names = [c.name for c in cells]
+    assert len(set(names)) == len(names)
+
+
+def test_a_cell_name_changes_with_its_settings_only(tmp_path):
+    study = tiny(tmp_path)
+    before = {c.name for c in studies.study_cells(study, studies.empty_results(study))}
+    longer = TINY.replace("long: {omniglot.train.iterations: 4}", "long: {omniglot.train.iterations: 5}")
+    edited = tiny(tmp_path, longer)
+    after = {c.name for c in studies.study_cells(edited, studies.empty_results(edited))}
+    assert {n for n in after if "-sel-" in n} == {n for n in before if "-sel-" in n}
+    assert not {n for n in after if "-sel-" not in n} & before
+
+
+@pytest.mark.parametrize("text, named", [
+    (TINY.replace("seeds:", "sedes:"), "sedes"),
+    (TINY.replace("arm: noisy, method", "arm: nosy, method"), "selection.arm"),
+    (TINY.replace("generator: yin", "generator: yim"), "feedback.generator"),
+    (TINY.replace("long:", "lang:"), "long"),
+])
+def test_a_bad_study_file_is_one_line_naming_the_key(tmp_path, text, named):
+    with pytest.raises(ParamError) as err:
+        tiny(tmp_path, text)
+    assert named in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_choice_reads_validation_only_and_unlocks_the_chosen_arm(tmp_path):
+    study = tiny(tmp_path)
+    path = tmp_path / "results.json"
+    selection = [c for c in studies.study_cells(study, studies.empty_results(study)) if c.part == "selection"]
+    # sigma 0.1 is best on validation, sigma 0.01 on test: the choice must be 0.1
+    scores = {c.name: (0.4, 0.1) if "0.1" in c.arm else (0.2, 0.9) for c in selection}
+    assert studies.chosen(study, studies.load_results(path, study), "yin") is None
+    assert not [c for c in studies.study_cells(study, studies.empty_results(study)) if c.arm == "noisy"]
+    half = [c for c in selection if c.seed == 0]
+    save(study, path, shown_doc(half, scores))
+    assert studies.chosen(study, studies.load_results(path, study), "yin") is None  # seed 1 missing
+    added, held = save(study, path, shown_doc(selection, scores))
+    assert (added, held) == (len(selection) - len(half), len(selection))
+    results = studies.load_results(path, study)
+    assert studies.chosen(study, results, "yin") == ("sel-0.1", {"noise.sigma": 0.1})
+    chosen_cells = [c for c in studies.pending(study, results) if c.arm == "noisy"]
+    assert len(chosen_cells) == 4 and all(c.settings["noise.sigma"] == 0.1 for c in chosen_cells)
+    assert all(c.settings["omniglot.train.iterations"] == 4 for c in chosen_cells)
+
+
+def test_results_round_trip_and_resume(tmp_path, monkeypatch):
+    """Saved once, saved again: nothing twice; the cells a finished selection unlocks are saved
+    from the same document; the report rebuilt from the file alone equals the first one."""
+    study = tiny(tmp_path)
+    path = tmp_path / "results.json"
+    cells = studies.study_cells(study, studies.empty_results(study))
+    scores = {c.name: (0.3 + 0.1 * c.seed, 0.25 + 0.1 * c.seed) for c in cells}
+    first = studies.study_cells(study, {**studies.empty_results(study), "cells": {}})
+    save(study, path, shown_doc(first, scores))
+    results = studies.load_results(path, study)
+    unlocked = [c for c in studies.study_cells(study, results) if c.name not in results["cells"]]
+    assert {c.part for c in unlocked} == {"arms", "feedback"}
+    doc_files = shown_doc([*first, *unlocked], {**scores, **{c.name: (0.5 + 0.1 * c.seed, 0.45 + 0.1 * c.seed)
+                                                              for c in unlocked}})
+    save(study, path, doc_files)
+    assert save(study, path, doc_files) == (0, len(first) + len(unlocked))
+    results = studies.load_results(path, study)
+    assert studies.pending(study, results) == []
+    monkeypatch.chdir(tmp_path)
+    report = write_study_report(study, results, tmp_path / "reports")
+    text = report.read_text()
+    mean, half = mean_ci95(torch.tensor([0.45, 0.55], dtype=torch.float64))
+    assert f"{100 * mean:.2f} ± {100 * half:.2f} % (n=2)" in text  # the noisy arm's test over seeds
+    assert "**chosen**" in text and "online_2" in text
+    assert (tmp_path / "reports" / "figures" / "tiny_yin.png").stat().st_size > 0
+    again = write_study_report(study, json.loads(path.read_text()), tmp_path / "again")
+    assert again.read_text() == text
+
+
+def test_failed_cells_are_listed_until_they_finish(tmp_path):
+    study = tiny(tmp_path)
+    path = tmp_path / "results.json"
+    cells = studies.study_cells(study, studies.empty_results(study))[:3]
+    save(study, path, shown_doc(cells, {}, failed={cells[0].name}))
+    results = studies.load_results(path, study)
+    assert results["failed"] == {cells[0].name: "diverged"} and cells[0].name not in results["cells"]
+    assert cells[0] in studies.pending(study, results)
+    save(study, path, shown_doc(cells, {}))
+    assert studies.load_results(path, study)["failed"] == {}
+
+
+def test_run_queues_only_what_is_neither_saved_nor_queued(tmp_path, monkeypatch):
+    study = tiny(tmp_path)
+    path = tmp_path / "results.json"
+    cells = studies.study_cells(study, studies.empty_results(study))
+    save(study, path, shown_doc(cells[:2], {}))
+    queued: list[list[str]] = []
+    monkeypatch.setattr(studies, "queued_names", lambda: [cells[2].name] if not queued else [])
+    monkeypatch.setattr(studies, "run_queue", lambda commands, *a, **k: queued.extend(commands))
+    monkeypatch.setattr(studies, "save", lambda *a, **k: (0, 2))
+    studies.run(study, path, only=("yin-*",), log=lambda line: None)
+    names = [command[command.index("-n") + 1] for command in queued]
+    expected = [c.name for c in cells[3:] if c.name.startswith("yin-")]
+    assert names[:len(expected)] == expected and cells[2].name not in names
+
+
+def test_the_cli_reports_from_the_committed_file_alone(tmp_path, monkeypatch):
+    study = tiny(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    cells = studies.study_cells(study, studies.empty_results(study))[:4]
+    save(study, studies.results_file(study), shown_doc(cells, {c.name: (0.3, 0.2) for c in cells}))
+    result = CliRunner().invoke(main, ["study", "report", "studies/tiny.yaml"])
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "reports" / "tiny.md").read_text()
+    assert f"{len(set(c.name for c in cells))} of {studies.planned_count(study)} cells finished" in text
+    broken = CliRunner().invoke(main, ["study", "report", "studies/missing.yaml"])
+    assert broken.exit_code == 2 and "studies/missing.yaml" in broken.output
+
+
+def test_the_dry_run_lists_commands_and_queues_nothing(tmp_path, monkeypatch):
+    tiny(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(studies, "run_queue", lambda *a, **k: pytest.fail("queued"))
+    result = CliRunner().invoke(main, ["study", "run", "studies/tiny.yaml", "--dry-run", "--only", "*-s1-*"])
+    lines = result.output.splitlines()
+    assert result.exit_code == 0 and lines and all("-s1-" in line and "--queue" in line for line in lines)
+
