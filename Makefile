@@ -5,6 +5,7 @@
 # and for studies:
 #   make sweep DATASET=sinusoid   the sigma x placement x seed sweep as DVC experiments, then
 #                                 reports/sweep_<dataset>.md (after `make repro`)
+#   make study STUDY=nme_omniglot  run (or resume) studies/<name>.yaml, then reports/<name>.md
 #   make remote URL=...           the DVC remote that `dvc push`/`dvc pull` and `dvc exp push`/
 #                                 `dvc exp pull` use (a folder, s3://, ssh://, ...); commit .dvc/config
 VENV := .venv
@@ -22,8 +23,11 @@ OMNIGLOT_FOLDER := data/downloads/omniglot
 DATASET ?= sinusoid
 # Extra options of `noisymaml sweep run`, e.g. SWEEP_ARGS='--sigmas 0,0.01,0.1 --seeds 0 --no-feedback'
 SWEEP_ARGS ?=
+STUDY ?= nme_omniglot
+# Extra options of `noisymaml study run`, e.g. STUDY_ARGS="--only '*-s0-*'"
+STUDY_ARGS ?=
 
-.PHONY: repro test archives sweep remote
+.PHONY: repro test archives sweep study remote
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || python3 -m venv $(VENV)
@@ -47,6 +51,9 @@ test: $(STAMP)
 
 sweep: repro
 	noisymaml sweep run --dataset $(DATASET) $(SWEEP_ARGS)
+
+study: repro
+	noisymaml study run studies/$(STUDY).yaml $(STUDY_ARGS)
 
 remote: $(STAMP)
 	@test -n "$(URL)" || { echo "usage: make remote URL=<folder or s3://, ssh://, ... URL>" >&2; exit 2; }

@@ -51,37 +51,36 @@ CURVE = "iteration,train_loss_pre,train_acc_pre,train_loss_post,train_acc_post,v
         "2,3.0,{pre},2.5,0.2,2.6,{half}\n4,2.9,{pre},2.4,0.3,2.5,{val}\n"
 
 
-def shown_doc(cells: list[studies.Cell], scores: dict[str, tuple[float, float]], failed=()) -> tuple[list, dict]:
-    """A `dvc exp show --json` document with these cells finished (val, test scores) or failed,
-    and the files of each experiment commit."""
-    files, experiments = {}, []
+def finished(cells: list[studies.Cell], scores: dict[str, tuple[float, float]]) -> tuple[list, dict]:
+    """Experiment refs of these cells (val, test scores) and the files of their commits."""
+    files, refs = {}, []
     for cell in cells:
-        rev = f"commit-{cell.name}"
+        commit = f"commit-{cell.name}"
         val, test = scores.get(cell.name, (0.0, 0.0))
+        files[(commit, "params.yaml")] = f"seed: {cell.seed}\n"
         for path in cell.files("omniglot"):
-            files[(rev, path)] = (json.dumps(metrics(val, test, 0.5)) if path.endswith(".json")
-                                  else CURVE.format(pre=0.5, half=val / 2, val=val))
-        error = "diverged" if cell.name in failed else None
-        experiments.append({"executor": {"state": "failed" if error else "success"}, "revs": [
-            {"rev": rev, "name": cell.name, "error": error,
-             "data": {"params": {"params.yaml": {"data": {"seed": cell.seed}}}, "metrics": {}}}]})
-    return [{"rev": "base", "name": "main", "data": {}, "experiments": experiments}], files
+            files[(commit, path)] = (json.dumps(metrics(val, test, 0.5)) if path.endswith(".json")
+                                     else CURVE.format(pre=0.5, half=val / 2, val=val))
+        refs.append(studies.ExperimentRef(cell.name, commit, "base"))
+    return refs, files
 
 
-def save(study, path, doc_files):
-    doc, files = doc_files
-    return studies.save(study, path, doc, read=lambda rev, p: files.get((rev, p)))
+def save(study, path, refs_files, failed=(), saving=studies.save):
+    refs, files = refs_files
+    return saving(study, path, refs, list(failed), read=lambda rev, p: files.get((rev, p)))
 
 
 def test_every_cell_of_the_committed_study_is_a_valid_params_file(tmp_path):
-    """Each cell's settings, applied to params.yaml, pass the pipeline's own validation: no
-    misspelt key or value waits to fail hours into a queue."""
+    """Each cell's settings, as `-S` passes them and applied to params.yaml, pass the pipeline's
+    own validation: no misspelt key or value waits to fail hours into a queue. The chosen arm
+    and the feedback runs too (unlocked by a finished selection)."""
     study = studies.load_study(ROOT / "studies" / "nme_omniglot.yaml")
-    results = studies.empty_results(study)
-    cells = studies.study_cells(study, results)
-    chosen_like = [c for g in study.generators for c in studies.selection_cells(study, g)]
-    assert {c.part for c in cells} == {"arms", "selection"}
-    for cell in [*cells, *chosen_like]:
+    selection = [c for g in study.generators for c in studies.selection_cells(study, g)]
+    save(study, tmp_path / "r.json", finished(selection, {c.name: (0.3, 0.3) for c in selection}))
+    cells = studies.study_cells(study, studies.load_results(tmp_path / "r.json", study))
+    assert {c.part for c in cells} == {"arms", "selection", "feedback"}
+    assert len(cells) == studies.planned_count(study) == len({c.name for c in cells})
+    for cell in cells:
         data = read_params(ROOT / "params.yaml")
         for key, value in cell.settings.items():
             *sections, last = key.split(".")
@@ -89,12 +88,34 @@ def test_every_cell_of_the_committed_study_is_a_valid_params_file(tmp_path):
             for section in sections:
                 node = node[section]
             assert last in node, f"{cell.name}: {key} is not a params.yaml key"
-            node[last] = value
+            node[last] = YAML(typ="safe", pure=True).load(studies.shown(value))
+            assert node[last] == value
         path = tmp_path / "params.yaml"
         YAML().dump(data, path)
         Run.from_params("omniglot", cell.method, path)
-    names = [c.name for c in cells]
-    assert len(set(names)) == len(names)
+
+
+@pytest.mark.parametrize("value, word", [(None, "null"), (True, "true"), (5e-07, "5e-07"), (0.1, "0.1"),
+                                         (["maml", "meta_aug"], "[maml,meta_aug]"), ("off", "off")])
+def test_values_are_written_as_dvc_reads_them_back(value, word):
+    assert studies.shown(value) == word
+
+
+def test_feedback_cells_read_the_files_of_their_arms_method(tmp_path):
+    study = tiny(tmp_path, TINY.replace("{arm: noisy, generator: yin, runs", "{arm: maml, generator: yin, runs"))
+    cells = studies.feedback_cells(study, studies.empty_results(study))
+    assert cells and all(c.files("omniglot") == ["metrics/omniglot/maml.json", "metrics/omniglot/maml_feedback.json",
+                                                   "metrics/omniglot/maml_continued.json"] for c in cells)
+    assert all(c.settings["feedback.method"] == "maml" and c.target == "feedback@omniglot" for c in cells)
+
+
+def test_a_report_of_one_seed_shows_that_runs_own_interval(tmp_path, monkeypatch):
+    study = tiny(tmp_path)
+    path = tmp_path / "results.json"
+    maml = [c for c in studies.study_cells(study, studies.empty_results(study)) if c.arm == "maml" and c.seed == 0]
+    save(study, path, finished(maml, {c.name: (0.3, 0.25) for c in maml}))
+    text = write_study_report(study, studies.load_results(path, study), tmp_path / "reports").read_text()
+    assert "| maml | 25.00 ± 1.00 % (1 seed) |" in text and "not run yet" in text
 
 
 def test_a_cell_name_changes_with_its_settings_only(tmp_path):
@@ -112,6 +133,9 @@ def test_a_cell_name_changes_with_its_settings_only(tmp_path):
     (TINY.replace("arm: noisy, method", "arm: nosy, method"), "selection.arm"),
     (TINY.replace("generator: yin", "generator: yim"), "feedback.generator"),
     (TINY.replace("long:", "lang:"), "long"),
+    (TINY.replace("dataset: omniglot", "dataset: sinusoid"), "sweep"),
+    (TINY.replace("dataset: omniglot", "dataset: omniglott"), "omniglott"),
+    (TINY.replace("{method: maml}", "{method: maml, set: {omniglot.tasks: {ways: 5}}}"), "mapping"),
 ])
 def test_a_bad_study_file_is_one_line_naming_the_key(tmp_path, text, named):
     with pytest.raises(ParamError) as err:
@@ -128,9 +152,9 @@ def test_the_choice_reads_validation_only_and_unlocks_the_chosen_arm(tmp_path):
     assert studies.chosen(study, studies.load_results(path, study), "yin") is None
     assert not [c for c in studies.study_cells(study, studies.empty_results(study)) if c.arm == "noisy"]
     half = [c for c in selection if c.seed == 0]
-    save(study, path, shown_doc(half, scores))
+    save(study, path, finished(half, scores))
     assert studies.chosen(study, studies.load_results(path, study), "yin") is None  # seed 1 missing
-    added, held = save(study, path, shown_doc(selection, scores))
+    added, held = save(study, path, finished(selection, scores))
     assert (added, held) == (len(selection) - len(half), len(selection))
     results = studies.load_results(path, study)
     assert studies.chosen(study, results, "yin") == ("sel-0.1", {"noise.sigma": 0.1})
@@ -147,11 +171,11 @@ def test_results_round_trip_and_resume(tmp_path, monkeypatch):
     cells = studies.study_cells(study, studies.empty_results(study))
     scores = {c.name: (0.3 + 0.1 * c.seed, 0.25 + 0.1 * c.seed) for c in cells}
     first = studies.study_cells(study, {**studies.empty_results(study), "cells": {}})
-    save(study, path, shown_doc(first, scores))
+    save(study, path, finished(first, scores))
     results = studies.load_results(path, study)
     unlocked = [c for c in studies.study_cells(study, results) if c.name not in results["cells"]]
     assert {c.part for c in unlocked} == {"arms", "feedback"}
-    doc_files = shown_doc([*first, *unlocked], {**scores, **{c.name: (0.5 + 0.1 * c.seed, 0.45 + 0.1 * c.seed)
+    doc_files = finished([*first, *unlocked], {**scores, **{c.name: (0.5 + 0.1 * c.seed, 0.45 + 0.1 * c.seed)
                                                               for c in unlocked}})
     save(study, path, doc_files)
     assert save(study, path, doc_files) == (0, len(first) + len(unlocked))
@@ -172,34 +196,57 @@ def test_failed_cells_are_listed_until_they_finish(tmp_path):
     study = tiny(tmp_path)
     path = tmp_path / "results.json"
     cells = studies.study_cells(study, studies.empty_results(study))[:3]
-    save(study, path, shown_doc(cells, {}, failed={cells[0].name}))
+    save(study, path, finished(cells[1:], {}), failed=[cells[0].name, "not-a-cell"])
     results = studies.load_results(path, study)
-    assert results["failed"] == {cells[0].name: "diverged"} and cells[0].name not in results["cells"]
+    assert list(results["failed"]) == [cells[0].name] and cells[0].name not in results["cells"]
     assert cells[0] in studies.pending(study, results)
-    save(study, path, shown_doc(cells, {}))
+    save(study, path, finished(cells, {}))
     assert studies.load_results(path, study)["failed"] == {}
 
 
-def test_run_queues_only_what_is_neither_saved_nor_queued(tmp_path, monkeypatch):
+def test_run_queues_each_cell_once_and_saves_as_the_queue_goes(tmp_path, monkeypatch):
+    """A cell already queued is waited for, not queued again; what finishes is saved at the next
+    look and the cells it unlocks (the chosen arm, then feedback) are queued then; `--only`
+    keeps the rest out."""
     study = tiny(tmp_path)
     path = tmp_path / "results.json"
     cells = studies.study_cells(study, studies.empty_results(study))
-    save(study, path, shown_doc(cells[:2], {}))
-    queued: list[list[str]] = []
-    monkeypatch.setattr(studies, "queued_names", lambda: [cells[2].name] if not queued else [])
-    monkeypatch.setattr(studies, "run_queue", lambda commands, *a, **k: queued.extend(commands))
-    monkeypatch.setattr(studies, "save", lambda *a, **k: (0, 2))
+    save(study, path, finished(cells[:2], {}))
+    queue, queued, looks = {cells[2].name}, [], []
+
+    def look(study, path):
+        looks.append(len(queue))
+        if len(looks) == 1:
+            return 0, 2  # the queued cell is still running
+        everything = {c.name: c for c in studies.study_cells(study, studies.load_results(path, study))}
+        done = [everything[name] for name in queue]
+        queue.clear()
+        return save(study, path, finished(done, {c.name: (0.3 + c.seed / 10, 0.3) for c in done}))
+
+    def queue_command(command):
+        queued.append(command[command.index("-n") + 1])
+        queue.add(queued[-1])
+        return ""
+
+    monkeypatch.setattr(studies, "queue_names", lambda *states: sorted(queue))
+    monkeypatch.setattr(studies, "checked_output", queue_command)
+    monkeypatch.setattr(studies, "start_workers", lambda jobs: None)
+    monkeypatch.setattr(studies, "save", look)
+    monkeypatch.setattr(studies.time, "sleep", lambda seconds: None)
     studies.run(study, path, only=("yin-*",), log=lambda line: None)
-    names = [command[command.index("-n") + 1] for command in queued]
-    expected = [c.name for c in cells[3:] if c.name.startswith("yin-")]
-    assert names[:len(expected)] == expected and cells[2].name not in names
+    results = studies.load_results(path, study)
+    yin = [n for n in results["cells"] if n.startswith("yin-")]
+    assert cells[2].name in results["cells"] and cells[2].name not in queued
+    assert sorted(queued) == sorted(set(queued)) and all(n.startswith("yin-") for n in queued)
+    assert len(yin) == 3 * 2 + 2 * 2 + 1 * 2  # selection (reference + 2 sigmas), 2 arms, 1 feedback run
+    assert not [c for c in studies.pending(study, results, ("yin-*",))]
 
 
 def test_the_cli_reports_from_the_committed_file_alone(tmp_path, monkeypatch):
     study = tiny(tmp_path)
     monkeypatch.chdir(tmp_path)
     cells = studies.study_cells(study, studies.empty_results(study))[:4]
-    save(study, studies.results_file(study), shown_doc(cells, {c.name: (0.3, 0.2) for c in cells}))
+    save(study, studies.results_file(study), finished(cells, {c.name: (0.3, 0.2) for c in cells}))
     result = CliRunner().invoke(main, ["study", "report", "studies/tiny.yaml"])
     assert result.exit_code == 0, result.output
     text = (tmp_path / "reports" / "tiny.md").read_text()
@@ -211,7 +258,7 @@ def test_the_cli_reports_from_the_committed_file_alone(tmp_path, monkeypatch):
 def test_the_dry_run_lists_commands_and_queues_nothing(tmp_path, monkeypatch):
     tiny(tmp_path)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(studies, "run_queue", lambda *a, **k: pytest.fail("queued"))
+    monkeypatch.setattr(studies, "checked_output", lambda *a, **k: pytest.fail("queued"))
     result = CliRunner().invoke(main, ["study", "run", "studies/tiny.yaml", "--dry-run", "--only", "*-s1-*"])
     lines = result.output.splitlines()
     assert result.exit_code == 0 and lines and all("-s1-" in line and "--queue" in line for line in lines)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -87,11 +89,27 @@ def test_a_share_without_grid_points_queues_nothing(monkeypatch):
     assert result.exit_code == 0 and "no grid point falls to this share" in result.output
 
 
-def test_the_queue_runs_with_as_many_workers_as_jobs(monkeypatch):
-    calls = []
-    monkeypatch.setattr("noisymaml.reporting.experiments._checked", lambda command: calls.append(command) or "")
-    run_queue([["dvc", "exp", "run", "--queue"]], jobs=4, poll_seconds=0.01)
-    assert calls[1] == ["dvc", "queue", "start", "--jobs", "4"]
+def test_the_queue_runs_with_as_many_workers_as_jobs_and_is_watched_while_it_runs(tmp_path, monkeypatch):
+    """`dvc queue start` leaves workers behind that hold its output open: run_queue must not
+    wait for them (it would see the queue only once it is empty, and save nothing meanwhile)."""
+    fake = tmp_path / "dvc"
+    fake.write_text("#!/bin/sh\n"
+                    f"echo \"$*\" >> {tmp_path}/calls\n"
+                    'if [ "$1 $2" = "queue start" ]; then (sleep 60; echo late) & exit 0; fi\n'
+                    'if [ "$1 $2" = "queue status" ]; then cat ' f"{tmp_path}/status; fi\n")
+    fake.chmod(0o755)
+    (tmp_path / "status").write_text("Task  Name  Created  Status\nabc  cell-a  09:30 PM  Running\n")
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    polls = []
+
+    def on_poll():
+        polls.append(time.monotonic())
+        (tmp_path / "status").write_text("Task  Name  Created  Status\nabc  cell-a  09:30 PM  Success\n")
+
+    start = time.monotonic()
+    run_queue([["dvc", "exp", "run", "--queue", "x"]], jobs=4, poll_seconds=0.01, on_poll=on_poll)
+    assert time.monotonic() - start < 30 and len(polls) == 2
+    assert (tmp_path / "calls").read_text().splitlines()[:2] == ["exp run --queue x", "queue start --jobs 4"]
 
 
 def test_finished_and_failed_experiments_are_told_apart(doc):

@@ -142,3 +142,19 @@ def test_the_sweep_run_saves_its_results_before_reporting(doc, tmp_path, monkeyp
     assert result.exit_code == 0, result.output
     assert [e["commit"] for e in load_results(SAVED, "sinusoid")["experiments"]] == ["a", "c", "d", "e"]
     assert (tmp_path / "reports" / "sweep_sinusoid.md").exists()
+
+
+def test_a_sweep_run_again_queues_only_what_the_results_file_lacks(doc, tmp_path, monkeypatch):
+    """Stopped and run again (another session, another clone with the committed file), the sweep
+    resumes: the grid points already saved are not queued a second time."""
+    monkeypatch.chdir(tmp_path)
+    assert invoke("save", "--input", "-", input=json.dumps(doc)).exit_code == 0
+    queued = []
+    monkeypatch.setattr(experiments, "run_queue", lambda commands, jobs, poll, log: queued.extend(commands))
+    monkeypatch.setattr(experiments, "exp_show", lambda: copy.deepcopy(doc))
+    result = invoke("run", "--sigmas", "0,0.5", "--seeds", "0,1", "--where", "inner,both")
+    assert result.exit_code == 0, result.output
+    assert [c[c.index("--queue") + 1:-1] for c in queued] == [
+        ["-S", "noise.sigma=0", "-S", "seed=1"],
+        ["-S", "noise.sigma=0.5", "-S", "noise.where=inner", "-S", "seed=1"]]
+    assert "4 grid point(s) already in reports/results/sinusoid.json" in result.output

@@ -8,6 +8,7 @@ imports torch, matplotlib and the library it needs in its own body.
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -134,20 +135,38 @@ DATASET_OPTION = click.option("--dataset", required=True, type=click.Choice(DATA
 def sweep_run(dataset: str, sigmas, seeds, placements, feedback: bool, shard: Shard, jobs: int,
               poll: float) -> None:
     """Queue `dvc exp run` over the grid (or its --shard), run the queue with --jobs workers,
-    then write reports/sweep_<dataset>.md from this machine's experiments. Needs a finished
-    `make repro` (the archives in DVC's cache)."""
+    then write reports/sweep_<dataset>.md from this machine's experiments. Grid points the
+    results file (reports/results/<dataset>.json) already holds are not queued again: a sweep
+    stopped anywhere resumes. Needs a finished `make repro` (the archives in DVC's cache)."""
     from noisymaml.reporting.experiments import exp_show, queue_commands, run_queue
 
-    commands = queue_commands(dataset, sigmas, seeds, placements, feedback, shard)
-    if not commands:
+    results = _default_results(dataset)
+    done = _done_points(dataset, results, feedback)
+    share = queue_commands(dataset, sigmas, seeds, placements, feedback, shard)
+    if not share:
         click.echo(f"[sweep] shard {shard.index}/{shard.count}: no grid point falls to this share")
+        return
+    commands = queue_commands(dataset, sigmas, seeds, placements, feedback, shard, done)
+    if len(commands) < len(share):
+        click.echo(f"[sweep] {len(share) - len(commands)} grid point(s) already in {results}: not queued again")
+    if not commands:
         return
     for command in commands:
         click.echo("$ " + " ".join(command))
     run_queue(commands, jobs, poll, log=click.echo)
-    results = _default_results(dataset)
     _save(dataset, exp_show(), results)
     _write_report(dataset, _results_document(dataset, results))
+
+
+def _done_points(dataset: str, results: Path, feedback: bool) -> frozenset:
+    if not results.exists():
+        return frozenset()
+    from noisymaml.reporting.experiments import with_method_files
+    from noisymaml.reporting.sweep import done_points, sweep_files
+
+    with _named(results):
+        return done_points(with_method_files(_results_document(dataset, results), sweep_files(dataset)),
+                           dataset, feedback)
 
 
 INPUT_OPTION = click.option(
@@ -257,7 +276,8 @@ def _write_report(dataset: str, doc: list) -> None:
 @main.group()
 def study() -> None:
     """A study (studies/<name>.yaml: generators x arms x seeds, a validation choice, feedback)
-    as named DVC experiments, its results in reports/results/<name>.json, its report in reports/."""
+    as named DVC experiments, its results in reports/results/study_<name>.json, its report in
+    reports/<name>.md."""
 
 
 STUDY_FILE = click.argument("study_file", type=click.Path(dir_okay=False, path_type=Path))
@@ -276,7 +296,7 @@ STUDY_FILE = click.argument("study_file", type=click.Path(dir_okay=False, path_t
 @stage
 def study_run(study_file: Path, only: tuple[str, ...], jobs: int, poll: float, dry_run: bool) -> None:
     """Queue every cell of the study that can run now and has no saved result, run the queue,
-    and save each finished cell to reports/results/<study>.json; then queue the cells those
+    and save each finished cell to reports/results/study_<study>.json; then queue the cells those
     made possible (the arm chosen on validation), until none is left; then write the report.
     Stopped anywhere (Ctrl-C, a lost machine), it resumes where it stopped: commit the results
     file, run it again. Needs a finished `make repro` (the archives in DVC's cache)."""
@@ -286,7 +306,7 @@ def study_run(study_file: Path, only: tuple[str, ...], jobs: int, poll: float, d
     path = studies.results_file(spec)
     if dry_run:
         for cell in studies.pending(spec, studies.load_results(path, spec), only):
-            click.echo("$ " + " ".join(cell.command()))
+            click.echo("$ " + shlex.join(cell.command()))
         return
     studies.run(spec, path, jobs, poll, only, log=click.echo)
     _write_study_report(spec, path)
@@ -294,19 +314,18 @@ def study_run(study_file: Path, only: tuple[str, ...], jobs: int, poll: float, d
 
 @study.command("save", short_help="Add the study's finished experiments to its results file.")
 @STUDY_FILE
-@INPUT_OPTION
 @stage
-def study_save(study_file: Path, source) -> None:
-    """Write the study's finished experiments of `dvc exp show` (found by their cell names:
-    commit, params.yaml values, metrics file and learning curve read from the commit) into
-    reports/results/<study>.json. Commit the file: `noisymaml study report` rebuilds the report
-    from it on any clone."""
+def study_save(study_file: Path) -> None:
+    """Write the study's finished experiments (found by their cell names among the experiment
+    refs of every commit, run here or `dvc exp pull`ed: commit, params.yaml, metrics file and
+    learning curve read from git) into reports/results/study_<study>.json. Commit the file:
+    `noisymaml study report` rebuilds the report from it on any clone."""
     from noisymaml.reporting import study as studies
 
     spec = studies.load_study(study_file)
     path = studies.results_file(spec)
-    with _named(source and source.name):
-        added, held = studies.save(spec, path, _shown_document(source))
+    with _named(path):
+        added, held = studies.save(spec, path)
     click.echo(f"[study] {path}: {added} cell(s) added, {held} held; commit it to keep them")
 
 
@@ -315,7 +334,7 @@ def study_save(study_file: Path, source) -> None:
 @stage
 def study_report(study_file: Path) -> None:
     """Tables (the validation choice, the arms per generator, feedback) and convergence
-    figures from reports/results/<study>.json alone: no experiment refs needed."""
+    figures from reports/results/study_<study>.json alone: no experiment refs needed."""
     from noisymaml.reporting import study as studies
 
     spec = studies.load_study(study_file)

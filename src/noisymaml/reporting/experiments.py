@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,8 +57,10 @@ def grid_points(sigmas=SIGMAS, seeds=SEEDS, placements=PLACEMENTS) -> list[dict[
 
 
 def queue_commands(dataset: str, sigmas=SIGMAS, seeds=SEEDS, placements=PLACEMENTS,
-                   feedback: bool = True, shard: Shard = Shard()) -> list[list[str]]:
-    """One `dvc exp run --queue` per grid point of the shard.
+                   feedback: bool = True, shard: Shard = Shard(),
+                   done: frozenset[tuple[str, float, int]] = frozenset()) -> list[list[str]]:
+    """One `dvc exp run --queue` per grid point of the shard that is not `done` ((placement,
+    sigma, seed) of the runs the results file holds; placement "off" for sigma 0).
 
     With feedback each run goes up to the dataset's summary (noisy MAML, its evaluation, the
     feedback ablation, the summary metrics `dvc exp show` displays); without it, each run stops
@@ -65,7 +68,12 @@ def queue_commands(dataset: str, sigmas=SIGMAS, seeds=SEEDS, placements=PLACEMEN
     target = f"summary@{dataset}" if feedback else f"evaluate_noisy@{dataset}-maml"
     return [["dvc", "exp", "run", "--queue",
              *(arg for key, value in point.items() for arg in ("-S", f"{key}={_shown(value)}")), target]
-            for point in shard.take(grid_points(sigmas, seeds, placements))]
+            for point in shard.take(grid_points(sigmas, seeds, placements)) if _key(point) not in done]
+
+
+def _key(point: dict) -> tuple[str, float, int]:
+    sigma = float(point["noise.sigma"])
+    return ("off" if sigma == 0 else str(point["noise.where"])), sigma, int(point["seed"])
 
 
 def _shown(value: float | str | int) -> str:
@@ -80,10 +88,10 @@ def run_queue(commands: list[list[str]], jobs: int = 1, poll_seconds: float = 30
     One worker on a small CPU (two torch runs each slow down several-fold); on a machine with N
     GPUs, N workers: every run's stages take a GPU of their own (`device: auto`)."""
     for command in commands:
-        _checked(command)
-    _checked(["dvc", "queue", "start", "--jobs", str(jobs)])
+        checked_output(command)
+    start_workers(jobs)
     while True:
-        waiting = queued_names()
+        waiting = queue_names("Queued", "Running")
         if on_poll:
             on_poll()
         if not waiting:
@@ -92,18 +100,36 @@ def run_queue(commands: list[list[str]], jobs: int = 1, poll_seconds: float = 30
         time.sleep(poll_seconds)
 
 
-def queued_names() -> list[str]:
-    """The names of the experiments `dvc queue status` lists as queued or running."""
-    lines = _checked(["dvc", "queue", "status"]).splitlines()
-    return [line.split()[1] for line in lines
-            if len(line.split()) > 2 and line.split()[-1] in ("Queued", "Running")]
+def queue_names(*states: str) -> list[str]:
+    """The names of the experiments `dvc queue status` lists in one of `states` (Queued,
+    Running, Success, Failed)."""
+    lines = checked_output(["dvc", "queue", "status"]).splitlines()
+    return [line.split()[1] for line in lines if len(line.split()) > 2 and line.split()[-1] in states]
 
 
-def _checked(command: list[str]) -> str:
+def start_workers(jobs: int) -> None:
+    """`dvc queue start`: its workers outlive it and inherit its output, so the output goes to
+    files, not pipes, whose reader would wait for the last worker to end."""
+    command = ["dvc", "queue", "start", "--jobs", str(jobs)]
+    with tempfile.TemporaryFile() as out:
+        code = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=out, stderr=out).returncode
+        if code != 0:
+            out.seek(0)
+            raise NoisyMamlError(f"`{' '.join(command)}` failed: {_last_line(out.read().decode(errors='replace'))}")
+
+
+def checked_output(command: list[str]) -> str:
+    """A command's standard output; a failure is one line naming the command and its error."""
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
-        raise NoisyMamlError(f"`{' '.join(command)}` failed: {result.stderr.strip() or result.stdout.strip()}")
+        raise NoisyMamlError(f"`{' '.join(command)}` failed: {_last_line(result.stderr or result.stdout)}")
     return result.stdout
+
+
+def _last_line(output: str) -> str:
+    """A command's last non-empty output line (DVC and git end with the error itself)."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    return lines[-1] if lines else "no message"
 
 
 def exp_show() -> list:

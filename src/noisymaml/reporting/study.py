@@ -5,14 +5,15 @@ The study file (studies/<name>.yaml) states every cell as params.yaml settings; 
 `dvc exp run --queue -n <cell name> -S ... <target stage>`. The name carries a digest of the
 cell's settings and target, so editing the study file makes the edited cells new ones while the
 others keep their results. `noisymaml study run` queues the cells the results file
-(reports/results/<name>.json) lacks, runs them, and saves every finished one to that file as
+(reports/results/study_<name>.json) lacks, runs them, and saves every finished one to that file as
 it finishes: stop it anywhere, commit the file, and the next run (here or on another clone)
 resumes where the queue stopped.
 
 The noisy arm the study compares is chosen per generator on the validation tasks of short
 runs (`selection`); its long cells exist once every candidate has finished for every seed.
 
-No torch or matplotlib here: the command line imports this module to queue and save.
+Finished cells are found by their names among git's experiment refs (any baseline commit, run
+here or pulled), failures in `dvc queue status`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ import fnmatch
 import hashlib
 import itertools
 import json
+import re
+import shlex
 import statistics
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,10 +36,10 @@ from ruamel.yaml import YAML, YAMLError
 from noisymaml.core.files import write_json
 from noisymaml.errors import DataError, ParamError
 from noisymaml.pipeline.paths import curve_path, metrics_path
-from noisymaml.reporting.experiments import exp_show, git_file, queued_names, run_queue
+from noisymaml.reporting.experiments import checked_output, git_file, queue_names, start_workers
 
 FORMAT = "noisymaml-study/1"
-FEEDBACK_FILES = ("noisy_maml", "noisy_maml_feedback", "noisy_maml_continued")
+FEEDBACK_VARIANTS = ("", "_feedback", "_continued")  # the feedback stage's files: <method><variant>
 Settings = dict[str, Any]
 
 
@@ -94,6 +98,14 @@ def load_study(path: Path) -> Study:
     return study
 
 
+def _all_values(study: Study) -> list[Any]:
+    """Every value the study sets (grid values one by one)."""
+    settings = [*study.budgets.values(), *study.generators.values(), *(a.set for a in study.arms.values()),
+                *(study.feedback.runs.values() if study.feedback else [])]
+    grid = [v for values in study.selection.grid.values() for v in values] if study.selection else []
+    return [v for s in settings for v in s.values()] + grid
+
+
 def _first_problem(err: ValidationError) -> str:
     """One clause for the first problem, a misspelt key before the missing one it explains."""
     problem = sorted(err.errors(), key=lambda p: p["type"] != "extra_forbidden")[0]
@@ -106,6 +118,14 @@ def _first_problem(err: ValidationError) -> str:
 
 
 def _consistency_problem(study: Study) -> str | None:
+    from noisymaml.datasets import DATASETS
+
+    if study.dataset not in DATASETS:
+        return f"`dataset` = {study.dataset!r}: not one of {', '.join(DATASETS)}"
+    if DATASETS[study.dataset].measure.key != "acc":
+        return f"`dataset` = {study.dataset!r}: studies report accuracies; use `noisymaml sweep` for a regression"
+    if any(isinstance(v, dict) for v in _all_values(study)):
+        return "a setting's value is a mapping: set each key of it as its own dotted key"
     if "long" not in study.budgets or (study.selection and "short" not in study.budgets):
         return "`budgets` needs `long` (every arm) and `short` (the selection)"
     if study.selection and study.selection.arm not in study.arms:
@@ -138,23 +158,33 @@ class Cell:
 
     def files(self, dataset: str) -> list[str]:
         if self.part == "feedback":
-            return [metrics_path(dataset, m).as_posix() for m in FEEDBACK_FILES]
+            return [metrics_path(dataset, self.method + v).as_posix() for v in FEEDBACK_VARIANTS]
         return [metrics_path(dataset, self.method).as_posix(), curve_path(dataset, self.method).as_posix()]
 
-    def command(self) -> list[str]:
+    def command(self, queued: bool = True) -> list[str]:
+        """`dvc exp run --queue -n <name>` with the cell's settings; queued=False: the same run
+        without the queue and the name, to run by hand."""
         settings = [arg for key, value in self.settings.items() for arg in ("-S", f"{key}={shown(value)}")]
-        return ["dvc", "exp", "run", "--queue", "-n", self.name, *settings, self.target]
+        named = ["--queue", "-n", self.name] if queued else []
+        return ["dvc", "exp", "run", *named, *settings, self.target]
 
 
 def shown(value: Any) -> str:
-    """A value as `dvc exp run -S` reads it back (YAML; mappings are not study values)."""
+    """A value as `dvc exp run -S` reads it back (Hydra's override grammar), one shell word."""
+    if value is None:
+        return "null"
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, list):  # YAML flow style without spaces: one shell word
+        return repr(value)
+    if isinstance(value, list):
         return "[" + ",".join(shown(v) for v in value) + "]"
     return str(value)
+
+
+def _label(value: Any) -> str:
+    """A value as part of a cell name (a git ref name: letters, digits, '.', '_', '-')."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", shown(value)).strip("._") or "_"
 
 
 def target_of(dataset: str, method: str) -> str:
@@ -177,7 +207,7 @@ def candidates(study: Study) -> list[tuple[str, Settings]]:
     """The selection's grid points as (label, settings), in the grid's order."""
     keys = list(study.selection.grid)
     points = [dict(zip(keys, values)) for values in itertools.product(*study.selection.grid.values())]
-    return [("sel-" + "-".join(shown(v) for v in point.values()), point) for point in points]
+    return [("sel-" + "-".join(_label(v) for v in point.values()), point) for point in points]
 
 
 def selection_cells(study: Study, generator: str) -> list[Cell]:
@@ -200,19 +230,11 @@ def chosen(study: Study, results: dict, generator: str) -> tuple[str, Settings] 
     cells = [c for c in selection_cells(study, generator) if c.arm in labels]
     if any(c.name not in results["cells"] for c in cells):
         return None
-    key, better = _score_key(study.dataset)
-    means = {label: statistics.fmean(value(results, c, study.dataset, "val", f"{key}_post")
+    means = {label: statistics.fmean(value(results, c, study.dataset, "val", "acc_post")
                                       for c in cells if c.arm == label)
              for label in labels}
-    best = better(means, key=means.get)
+    best = max(means, key=means.get)
     return best, labels[best]
-
-
-def _score_key(dataset: str):
-    from noisymaml.datasets import DATASETS
-
-    key = DATASETS[dataset].measure.key
-    return key, (max if key == "acc" else min)
 
 
 def arm_cells(study: Study, results: dict, generator: str, arm: str) -> list[Cell]:
@@ -238,12 +260,13 @@ def feedback_cells(study: Study, results: dict) -> list[Cell]:
 
 
 def study_cells(study: Study, results: dict) -> list[Cell]:
-    """Every cell that can run now, in queue order: seed by seed, the arms (arm by arm, each on
-    every generator), then that seed's selection; then feedback. A seed of every arm finishes
-    before the next seed starts, so a study stopped early has whole seeds."""
-    arms = [c for a in study.arms for g in study.generators for c in arm_cells(study, results, g, a)]
+    """Every cell that can run now, in queue order: the selection (short runs, seed by seed)
+    first, since the chosen arm waits for all of it; then the arms seed by seed (a seed of
+    every arm before the next seed); then feedback."""
     selection = [c for g in study.generators for c in selection_cells(study, g)] if study.selection else []
-    cells = [c for seed in study.seeds for c in [*arms, *selection] if c.seed == seed]
+    arms = [c for a in study.arms for g in study.generators for c in arm_cells(study, results, g, a)]
+    cells = [c for seed in study.seeds for c in selection if c.seed == seed]
+    cells += [c for seed in study.seeds for c in arms if c.seed == seed]
     return cells + (feedback_cells(study, results) if study.feedback else [])
 
 
@@ -260,7 +283,7 @@ def planned_count(study: Study) -> int:
 def results_file(study: Study) -> Path:
     from noisymaml.reporting.results import RESULTS_DIR
 
-    return RESULTS_DIR / f"{study.name}.json"
+    return RESULTS_DIR / f"study_{study.name}.json"
 
 
 def empty_results(study: Study) -> dict:
@@ -291,55 +314,78 @@ def value(results: dict, cell: Cell, dataset: str, group: str, key: str, method:
         raise DataError(f"study results: cell {cell.name} has no number `{group}.{key}` in {path}") from None
 
 
-def records(doc: list, cells: list[Cell], dataset: str, held: dict, read=git_file) -> tuple[dict, dict]:
-    """The finished and failed experiments of a `dvc exp show --json` document that are cells
-    of the study and not `held` already: name -> record (commit, baseline, params, files read
-    from the commit), name -> error."""
+@dataclass(frozen=True)
+class ExperimentRef:
+    """A finished experiment as git holds it: refs/exps/<baseline[:2]>/<baseline[2:]>/<name>."""
+
+    name: str
+    commit: str
+    baseline: str
+
+
+def experiment_refs() -> list[ExperimentRef]:
+    """Every finished experiment of the repository, of any baseline commit (run here or
+    `dvc exp pull`ed), newest first."""
+    listing = checked_output(["git", "for-each-ref", "--sort=-committerdate",
+                          "--format=%(refname) %(objectname)", "refs/exps"])
+    refs = []
+    for line in listing.splitlines():
+        ref, commit = line.split()
+        parts = ref.split("/")
+        if len(parts) == 5:  # not refs/exps/celery/... or other DVC bookkeeping
+            refs.append(ExperimentRef(parts[4], commit, parts[2] + parts[3]))
+    return refs
+
+
+def records(refs: list[ExperimentRef], cells: list[Cell], dataset: str, held: dict, read=git_file) -> dict:
+    """The experiments among `refs` that are cells of the study not `held` already (the newest
+    of several under one name): name -> record (commit, baseline, params.yaml values, and the
+    cell's files, read from the experiment's commit)."""
     by_name = {c.name: c for c in cells}
-    finished, failed = {}, {}
-    for baseline in doc:
-        for experiment in baseline.get("experiments") or []:
-            rev = experiment["revs"][0]
-            cell = by_name.get(rev.get("name"))
-            state = (experiment.get("executor") or {"state": "success"}).get("state")
-            if cell is None or (held.get(cell.name) or {}).get("commit") == rev.get("rev"):
-                continue
-            if state == "failed" or rev.get("error"):
-                failed[cell.name] = str(rev.get("error") or "failed")
-            elif state == "success" and rev.get("data"):
-                finished[cell.name] = _record(rev, baseline["rev"], cell, dataset, read)
-    return finished, failed
+    found = {}
+    for ref in refs:
+        if ref.name in by_name and ref.name not in held and ref.name not in found:
+            found[ref.name] = _record(ref, by_name[ref.name], dataset, read)
+    return found
 
 
-def _record(rev: dict, baseline: str, cell: Cell, dataset: str, read) -> dict:
-    params = ((rev["data"].get("params") or {}).get("params.yaml") or {}).get("data") or {}
-    files = {}
-    for path in cell.files(dataset):
-        text = read(rev["rev"], path)
+def _record(ref: ExperimentRef, cell: Cell, dataset: str, read) -> dict:
+    files = {"params.yaml": None, **{path: None for path in cell.files(dataset)}}
+    for path in files:
+        text = read(ref.commit, path)
         if text is None:
-            raise DataError(f"experiment {cell.name} ({rev['rev'][:7]}): no {path} in its commit")
-        files[path] = json.loads(text) if path.endswith(".json") else text
-    return {"commit": rev["rev"], "baseline": baseline, "params": params, "files": files}
+            raise DataError(f"experiment {cell.name} ({ref.commit[:7]}): no {path} in its commit")
+        try:
+            files[path] = (json.loads(text) if path.endswith(".json") else
+                           YAML(typ="safe", pure=True).load(text) if path.endswith(".yaml") else text)
+        except (json.JSONDecodeError, YAMLError) as err:
+            raise DataError(f"experiment {cell.name} ({ref.commit[:7]}): {path} is not valid "
+                            f"({str(err).splitlines()[0]})") from None
+    params = files.pop("params.yaml")
+    return {"commit": ref.commit, "baseline": ref.baseline, "params": params, "files": files}
 
 
-def save(study: Study, path: Path, doc: list | None = None, read=git_file) -> tuple[int, int]:
-    """Add the study's finished experiments (of `doc`, default `dvc exp show` here) to the
-    results file; failures are listed until the cell finishes. Cells that finished ones make
-    possible (the chosen arm after the selection) are looked for too. Returns (cells added,
-    cells held)."""
+def save(study: Study, path: Path, refs: list[ExperimentRef] | None = None, failed: list[str] | None = None,
+         read=git_file) -> tuple[int, int]:
+    """Add the study's finished experiments (`refs`, default every experiment ref here) to the
+    results file; `failed` names (default: those `dvc queue status` lists as failed) are listed
+    until the cell finishes. Cells that finished ones make possible (the chosen arm after the
+    selection) are looked for too. Returns (cells added, cells held)."""
     results = load_results(path, study)
-    doc = exp_show() if doc is None else doc
-    added, changed, failed = 0, False, {}
+    refs = experiment_refs() if refs is None else refs
+    failed = queue_names("Failed") if failed is None else failed
+    added = 0
     while True:
-        finished, failures = records(doc, study_cells(study, results), study.dataset, results["cells"], read)
-        failed.update(failures)
+        finished = records(refs, study_cells(study, results), study.dataset, results["cells"], read)
         if not finished:
             break
-        added += len(finished.keys() - results["cells"].keys())
+        added += len(finished)
         results["cells"].update(finished)
-        changed = True
-    results["failed"] = {n: e for n, e in {**results["failed"], **failed}.items() if n not in results["cells"]}
-    if changed or failed:
+    names = {c.name for c in study_cells(study, results)}
+    failures = {**results["failed"], **{name: "failed (dvc queue logs <name>)" for name in failed if name in names}}
+    failures = {name: error for name, error in failures.items() if name not in results["cells"]}
+    if added or failures != results["failed"]:
+        results["failed"] = failures
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         write_json(Path(path), results)
     return added, len(results["cells"])
@@ -354,27 +400,26 @@ def pending(study: Study, results: dict, only: tuple[str, ...] = ()) -> list[Cel
 
 def run(study: Study, path: Path, jobs: int = 1, poll_seconds: float = 60.0, only: tuple[str, ...] = (),
         log=print) -> None:
-    """Queue the cells that can run now and have no result, run them with `jobs` workers and
-    save each finished one to the results file at `path`; then the cells they made possible
-    (the chosen arm), until none is left. Cells already queued (an earlier run stopped while
-    the queue went on) are waited for, not queued twice; a failed cell is retried by the next
-    `study run`, not by this one."""
+    """Save what finished, queue the cells that can run now and have neither a result nor a
+    place in the queue, start `jobs` workers; look again every `poll_seconds` (saving each
+    finished cell, queueing the cells it made possible, e.g. the chosen arm) until nothing is
+    left to run or wait for. Experiments that finished while no `study run` watched (it was
+    stopped, the queue went on) are saved first, not queued twice; a failed cell is retried
+    by the next `study run`, not by this one."""
     tried: set[str] = set()
     while True:
-        results = load_results(path, study)
-        waiting = set(queued_names())
-        todo = [c for c in pending(study, results, only) if c.name not in tried | waiting]
+        added, held = save(study, path)
+        if added:
+            log(f"[study] {path}: {added} cell(s) added, {held} of {planned_count(study)} held")
+        waiting = set(queue_names("Queued", "Running"))
+        todo = [c for c in pending(study, load_results(path, study), only) if c.name not in tried | waiting]
+        tried |= waiting | {c.name for c in todo}
         if not todo and not waiting:
             return
-        log(f"[study] {len(results['cells'])} of {planned_count(study)} cells done; queueing {len(todo)}, "
-            f"{len(waiting)} already queued or running")
-        for cell in todo:
-            log("$ " + " ".join(cell.command()))
-        tried |= {c.name for c in todo} | waiting
-        run_queue([c.command() for c in todo], jobs, poll_seconds, log, on_poll=lambda: _saved(study, path, log))
-
-
-def _saved(study: Study, path: Path, log) -> None:
-    added, held = save(study, path)
-    if added:
-        log(f"[study] {path}: {added} cell(s) added, {held} held; commit it to keep them")
+        if todo:
+            log(f"[study] queueing {len(todo)} cell(s); {len(waiting)} queued or running")
+            for cell in todo:
+                log("$ " + shlex.join(cell.command()))
+                checked_output(cell.command())
+            start_workers(jobs)
+        time.sleep(poll_seconds)

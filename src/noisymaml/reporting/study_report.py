@@ -1,5 +1,5 @@
 """A study's report, reports/<study>.md and its convergence figures, from the study's results
-file alone (reports/results/<study>.json): any clone rebuilds it with `noisymaml study report`.
+file alone (reports/results/study_<study>.json): any clone rebuilds it with `noisymaml study report`.
 
 Every ± is a 95% interval of the mean over seeds (Student's t for the number of seeds, shown as
 n); a figure from a single seed shows that run's 95% interval over its episodes (1.96·SE)
@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import shlex
 from pathlib import Path
 
 import torch
@@ -219,11 +220,8 @@ def _commands(study: Study, results: dict) -> list[str]:
     for generator in study.generators:
         for arm in study.arms:
             cells = arm_cells(study, results, generator, arm)
-            if cells:
-                command = " ".join(cells[0].command()).replace("--queue ", "")
-                lines.append(f"- {generator} / {arm}: `{command}`")
-            else:
-                lines.append(f"- {generator} / {arm}: set once the selection has finished")
+            lines.append(f"- {generator} / {arm}: `{shlex.join(cells[0].command(queued=False))}`" if cells
+                         else f"- {generator} / {arm}: set once the selection has finished")
     return lines
 
 

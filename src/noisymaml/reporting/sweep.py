@@ -145,6 +145,14 @@ def _collect(doc: list[dict], dataset: str) -> tuple[list[SweepRun], list[Failed
     return _one_per_grid_point(runs), failed
 
 
+def done_points(doc: list, dataset: str, feedback: bool) -> frozenset[tuple[str, float, int]]:
+    """(placement, sigma, seed) of the finished runs of a document (with the feedback ablation's
+    files where `feedback`): the grid points a resumed sweep does not queue again."""
+    feedback_file = metrics_path(dataset, "noisy_maml_feedback").as_posix()
+    runs, _ = collect(doc, dataset)
+    return frozenset((*run.setting, run.seed) for run in runs if not feedback or feedback_file in run.metrics)
+
+
 def _one_per_grid_point(runs: list[SweepRun]) -> list[SweepRun]:
     """One run per (setting, seed): a re-run of a grid point (e.g. with feedback added) replaces
     the run with fewer metrics files instead of counting as another seed."""
@@ -276,9 +284,11 @@ def write_sweep_report(doc: list, dataset: str, out_dir: Path) -> Path:
              f"{len(runs)} finished experiments; cells are the mean ± 95% CI over seeds (Student's t "
              f"for the number of seeds) of the per-run {unit} (each run's own value is a mean over "
              "its fixed episodes; a row with a single seed shows that run's 95% CI over its episodes instead). The "
-             "memorisation index is the pre-adaptation score on training tasks. The feedback "
-             "ablation (feedback against the same extra iterations without it) is scored on the "
-             "held-out test tasks and on the feedback tasks that fed back their gradients.", "",
+             "memorisation index is the pre-adaptation score on training tasks. Test scores are over "
+             "the held-out test episodes, whose classes the feedback episodes never use. The feedback "
+             "ablation (feedback against the same extra iterations without it, both resuming the noisy "
+             "run's optimiser, schedule and random streams) is scored on the held-out test tasks and "
+             "on the feedback tasks that fed back their gradients.", "",
              sweep_table(rows, dataset), "", f"![{dataset} sweep]({image})"]
     if failed:
         lines += ["", "Failed experiments (not in the table):", "",
