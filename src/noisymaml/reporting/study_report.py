@@ -38,7 +38,7 @@ from noisymaml.reporting.study import (
 
 Interval = tuple[float, float, int]  # mean, 95% half-width, number of seeds
 CURVES = (("val_acc_post", "validation accuracy after adaptation"),
-          ("train_acc_pre", "memorisation index (training meta-batch, before adaptation)"))
+          ("train_acc_pre", "memorisation index (training batches, pre-adaptation)"))
 ONLINE_GROUP = "online_stream"
 
 
@@ -178,13 +178,24 @@ def plot_convergence(study: Study, results: dict, generator: str, path: Path) ->
                               [100 * (m + h) for m, h in zip(mean, half)], color=color, alpha=0.15)
     if not drawn:
         return False
+    chance = 100 / _ways(study, results)
     for axes, (_, label) in zip(panels, CURVES):
+        axes.axhline(chance, color="grey", linestyle=":", linewidth=1, label="chance (1/ways)")
         axes.set(title=label, xlabel="meta-iteration", ylabel="accuracy (%)")
         axes.grid(alpha=0.3)
     panels[0].legend(fontsize="small")
     figure.suptitle(f"{study.dataset}, generator {generator}: mean over seeds, band = 95% t-interval")
     figure.savefig(path, dpi=100, metadata={"Software": None})
     return True
+
+
+def _ways(study: Study, results: dict) -> int:
+    """The ways of the study's tasks, as its finished cells ran them."""
+    params = next(iter(results["cells"].values()))["params"]
+    try:
+        return int(params[study.dataset]["tasks"]["ways"])
+    except (KeyError, TypeError, ValueError):
+        raise DataError(f"study results: no {study.dataset}.tasks.ways in the saved params") from None
 
 
 def convergence_table(study: Study, results: dict, generator: str) -> list[str]:
