@@ -228,9 +228,10 @@ def test_run_queues_each_cell_once_and_saves_as_the_queue_goes(tmp_path, monkeyp
         queue.add(queued[-1])
         return ""
 
-    monkeypatch.setattr(studies, "queue_names", lambda *states: sorted(queue))
+    started = []
+    monkeypatch.setattr(studies, "queue_names", lambda *states: sorted(queue) if "Queued" in states else [])
     monkeypatch.setattr(studies, "checked_output", queue_command)
-    monkeypatch.setattr(studies, "start_workers", lambda jobs: None)
+    monkeypatch.setattr(studies, "start_workers", started.append)
     monkeypatch.setattr(studies, "save", look)
     monkeypatch.setattr(studies.time, "sleep", lambda seconds: None)
     studies.run(study, path, only=("yin-*",), log=lambda line: None)
@@ -240,6 +241,27 @@ def test_run_queues_each_cell_once_and_saves_as_the_queue_goes(tmp_path, monkeyp
     assert sorted(queued) == sorted(set(queued)) and all(n.startswith("yin-") for n in queued)
     assert len(yin) == 3 * 2 + 2 * 2 + 1 * 2  # selection (reference + 2 sigmas), 2 arms, 1 feedback run
     assert not [c for c in studies.pending(study, results, ("yin-*",))]
+
+
+def test_cells_left_queued_without_a_worker_get_one(tmp_path, monkeypatch):
+    """A queue left by an ended session holds queued cells and no worker: `study run` starts
+    one instead of waiting for ever, and queues nothing twice."""
+    study = tiny(tmp_path)
+    cell = studies.study_cells(study, studies.empty_results(study))[0]
+    queue, started = {cell.name}, []
+
+    def look(study, path):  # once a worker runs, the cell finishes
+        if started:
+            queue.clear()
+        return 0, 0
+
+    monkeypatch.setattr(studies, "queue_names", lambda *states: sorted(queue) if "Queued" in states else [])
+    monkeypatch.setattr(studies, "checked_output", lambda command: pytest.fail("queued twice"))
+    monkeypatch.setattr(studies, "start_workers", started.append)
+    monkeypatch.setattr(studies, "save", look)
+    monkeypatch.setattr(studies.time, "sleep", lambda seconds: None)
+    studies.run(study, tmp_path / "results.json", only=(cell.name,), log=lambda line: None)
+    assert started == [1]
 
 
 def test_the_cli_reports_from_the_committed_file_alone(tmp_path, monkeypatch):

@@ -411,7 +411,8 @@ def run(study: Study, path: Path, jobs: int = 1, poll_seconds: float = 60.0, onl
         added, held = save(study, path)
         if added:
             log(f"[study] {path}: {added} cell(s) added, {held} of {planned_count(study)} held")
-        waiting = set(queue_names("Queued", "Running"))
+        running = set(queue_names("Running"))
+        waiting = running | set(queue_names("Queued"))
         todo = [c for c in pending(study, load_results(path, study), only) if c.name not in tried | waiting]
         tried |= waiting | {c.name for c in todo}
         if not todo and not waiting:
@@ -421,5 +422,6 @@ def run(study: Study, path: Path, jobs: int = 1, poll_seconds: float = 60.0, onl
             for cell in todo:
                 log("$ " + shlex.join(cell.command()))
                 checked_output(cell.command())
+        if todo or not running:  # queued cells with no worker (e.g. left by an ended session)
             start_workers(jobs)
         time.sleep(poll_seconds)
