@@ -74,7 +74,7 @@ class Study(_Strict):
     selection: Selection | None = None
     arms: dict[str, Arm] = Field(min_length=1)
     feedback: FeedbackPart | None = None
-    reach: float = Field(0.3, gt=0)  # the validation score whose first crossing the report gives
+    reach: list[float] = [0.3]  # validation accuracies whose first crossing the report gives
 
 
 def load_study(path: Path) -> Study:

@@ -199,25 +199,25 @@ def _ways(study: Study, results: dict) -> int:
 
 
 def convergence_table(study: Study, results: dict, generator: str) -> list[str]:
-    """Per arm: first logged iteration where the seed-mean validation accuracy reaches
+    """Per arm: first logged iteration where the seed-mean validation accuracy reaches each of
     `study.reach`, the final validation accuracy, its spread over seeds (SD), and the largest
     fall from a seed's best validation accuracy to its last (divergence shows here)."""
-    lines = [f"| arm | first iteration with mean validation accuracy ≥ {100 * study.reach:.0f} % | "
-             "final validation accuracy (curve) | SD over seeds at the end | fall from best to last |",
-             "| :-- | --: | --: | --: | --: |"]
+    reach = [f"first iteration, validation ≥ {100 * level:.0f} %" for level in study.reach]
+    header = ["arm", *reach, "final validation accuracy (curve)", "SD over seeds at the end", "fall from best to last"]
+    lines = ["| " + " | ".join(header) + " |", "| :-- |" + " --: |" * (len(header) - 1)]
     for arm in study.arms:
         cells = _finished(results, arm_cells(study, results, generator, arm))
         if not cells:
-            lines.append(f"| {arm} | not run yet | | | |")
+            lines.append(f"| {arm} | not run yet |" + " |" * (len(header) - 2))
             continue
         curves = [curve(results, c, study.dataset) for c in cells]
         x, mean, _ = _band(curves, "val_acc_post")
-        reached = next((int(i) for i, m in zip(x, mean) if m >= study.reach), None)
+        reached = [next((str(int(i)) for i, m in zip(x, mean) if m >= level), "not reached") for level in study.reach]
         finals = [c["val_acc_post"][-1] for c in curves]
         final = over_seeds([(f, 0.0) for f in finals])
         spread = torch.tensor(finals, dtype=torch.float64).std().item() if len(finals) > 1 else math.nan
         fall = max(max(c["val_acc_post"]) - c["val_acc_post"][-1] for c in curves)
-        lines.append(f"| {arm} | {reached if reached is not None else 'not reached'} | "
+        lines.append(f"| {arm} | {' | '.join(reached)} | "
                      f"{_shown(final) if len(finals) > 1 else f'{100 * finals[0]:.2f} % (1 seed)'} | "
                      f"{'n/a' if math.isnan(spread) else f'{100 * spread:.2f} points'} | {100 * fall:.2f} points |")
     return lines
