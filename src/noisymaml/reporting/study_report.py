@@ -237,7 +237,8 @@ def _commands(study: Study, results: dict) -> list[str]:
 
 
 def write_study_report(study: Study, results: dict, out_dir: Path) -> Path:
-    """reports/<study>.md and reports/figures/<study>_<generator>.png from the results."""
+    """reports/<study>.md and reports/<study>_<generator>.png from the results (beside it, not
+    in reports/figures/, which the report stage owns and rewrites)."""
     done, planned = len(results["cells"]), planned_count(study)
     study_file = f"studies/{study.name}.yaml"
     lines = [f"# Study {study.name}: {study.dataset}", "",
@@ -260,10 +261,9 @@ def write_study_report(study: Study, results: dict, out_dir: Path) -> Path:
         for generator in study.generators:
             lines += [f"Generator `{generator}`:", "", *selection_table(study, results, generator), ""]
     lines += ["## Arms (long budget)", "", *arms_table(study, results), "", "## Convergence", ""]
-    figures = out_dir / "figures"
-    figures.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
     for generator in study.generators:
-        image = f"figures/{study.name}_{generator}.png"
+        image = f"{study.name}_{generator}.png"
         if plot_convergence(study, results, generator, out_dir / image):
             lines += [f"Generator `{generator}`:", "", f"![{generator}]({image})", "",
                       *convergence_table(study, results, generator), ""]
