@@ -6,7 +6,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import threading
 
 import pytest
 
@@ -15,29 +14,27 @@ from project_copy import ROOT, stage_env
 pytestmark = pytest.mark.slow  # a stage script in a subprocess
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    """The child's SIGINT as a terminal gives it: a test suite started in the background
+    (`make test &` from a script) inherits SIGINT ignored, and so would the stage."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_while_importing_is_one_line(tmp_path):
     # cwd without params.yaml: were the signal late, the stage would stop at once, training nothing
     process = subprocess.Popen([sys.executable, "-v", str(ROOT / "stages" / "train.py"), "sinusoid", "maml"],
                                cwd=tmp_path, env={**stage_env(), "PYTHONPATH": str(ROOT / "src")},
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    seen, stop = [], threading.Event()
-
-    def press_ctrl_c():  # now and every 0.5 s, as a user would: an import may swallow one interrupt
-        while process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            if stop.wait(0.5):
-                return
-
-    presser = threading.Thread(target=press_ctrl_c)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=_ctrl_c_as_in_a_terminal)
+    seen = []
     try:
         for line in process.stderr:  # -v: one line per module imported
             seen.append(line)
             if "torch" in line:
-                presser.start()
+                process.send_signal(signal.SIGINT)
                 break
         _, rest = process.communicate(timeout=120)
     finally:
-        stop.set()
         process.kill()
     stderr = "".join(seen) + rest
     assert process.returncode == 130, stderr[-2000:]
