@@ -105,6 +105,10 @@ def _shard(ctx, param, value: str) -> Shard:
         raise click.BadParameter(f"expected i/n with 1 <= i <= n (e.g. 2/3), got {value!r}") from None
 
 
+JOBS_OPTION = click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1),
+                           help="Experiments run at once: the number of GPUs (each run takes its own).")
+
+
 @main.group()
 def sweep() -> None:
     """A sigma x placement x seed sweep as DVC experiments, and its report in reports/."""
@@ -127,8 +131,7 @@ DATASET_OPTION = click.option("--dataset", required=True, type=click.Choice(DATA
 @click.option("--shard", default="1/1", show_default=True, callback=_shard,
               help="Queue only the i-th of n shares of the grid (one per machine; the shares "
                    "partition it). Push them with `dvc exp push`, report after `dvc exp pull`.")
-@click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Experiments run at once: the number of GPUs (each run takes its own).")
+@JOBS_OPTION
 @click.option("--poll", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Seconds between looks at the queue.")
 @stage
@@ -288,8 +291,7 @@ STUDY_FILE = click.argument("study_file", type=click.Path(dir_okay=False, path_t
 @click.option("--only", multiple=True, metavar="GLOB",
               help="Run only the cells whose name matches one of these globs (repeatable), e.g. "
                    "--only 'yin-maml-*' --only '*-s0-*'. Cell names: <generator>-<arm>-s<seed>-<digest>.")
-@click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Experiments run at once: the number of GPUs (each run takes its own).")
+@JOBS_OPTION
 @click.option("--poll", default=60.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Seconds between looks at the queue (each look saves what finished).")
 @click.option("--dry-run", is_flag=True, help="List the commands it would queue, and queue nothing.")
