@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -191,6 +192,22 @@ def test_results_round_trip_and_resume(tmp_path, monkeypatch):
     assert not (tmp_path / "reports" / "figures").exists()  # the report stage owns that folder
     again = write_study_report(study, json.loads(path.read_text()), tmp_path / "again")
     assert again.read_text() == text
+
+
+def test_the_report_states_every_cells_command(tmp_path):
+    """Selection candidates, arms and feedback runs: each cell's command is on the page, given
+    as the first seed's with `-S seed=N` for the others."""
+    study = tiny(tmp_path)
+    path = tmp_path / "results.json"
+    first = studies.study_cells(study, studies.empty_results(study))
+    save(study, path, finished(first, {c.name: (0.3, 0.25) for c in first}))
+    cells = studies.study_cells(study, studies.load_results(path, study))
+    text = write_study_report(study, studies.load_results(path, study), tmp_path / "reports").read_text()
+    assert "Seed 0; the other seeds (1) differ only in `-S seed=N`." in text
+    for cell in cells:
+        command = shlex.join(cell.command(queued=False)).replace(f"seed={cell.seed}", "seed=0")
+        assert f"- {cell.generator} / {cell.arm}: `{command}`" in text, cell.name
+    assert {c.part for c in cells} == {"selection", "arms", "feedback"}
 
 
 def test_failed_cells_are_listed_until_they_finish(tmp_path):

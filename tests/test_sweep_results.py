@@ -70,6 +70,20 @@ def test_the_saved_file_holds_commit_params_and_metrics(doc, tmp_path):
     assert first["metrics"]["metrics/sinusoid/noisy_maml.json"]["test"]["loss_post"] == 2.0
 
 
+def test_a_save_keeps_the_sweeps_experiments_only(doc, tmp_path, monkeypatch):
+    """A study's cells on the same baseline (other params than noise and seed), finished or
+    failed, are not the sweep's: the results file leaves them out."""
+    for name, state in (("study-cell", "success"), ("study-failed", "failed")):
+        cell = experiment(name, 0.1, 0, val=1.0, test=1.0, state=state)
+        cell["revs"][0]["data"]["params"]["params.yaml"]["data"]["omniglot"] = {"train": {"iterations": 400}}
+        doc[0]["experiments"].append(cell)
+    monkeypatch.chdir(tmp_path)
+    assert invoke("save", "--input", "-", input=json.dumps(doc)).exit_code == 0
+    results = load_results(SAVED, "sinusoid")
+    assert [e["name"] for e in results["experiments"]] == ["a", "c", "d", "e"]
+    assert [f["name"] for f in results["failed"]] == ["failed"]
+
+
 def test_a_second_save_adds_without_duplicating(doc, tmp_path):
     path = tmp_path / "r.json"
     first = document(*copy.deepcopy(doc[0]["experiments"][:2]))
@@ -119,8 +133,10 @@ def test_a_broken_results_file_is_one_line_naming_it(tmp_path, monkeypatch, cont
 
 def test_a_results_file_with_bad_content_names_the_file(doc, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    doc[0]["experiments"][1]["revs"][0]["data"]["params"]["params.yaml"]["data"]["seed"] = [0]
     assert invoke("save", "--input", "-", input=json.dumps(doc)).exit_code == 0
+    saved = json.loads(SAVED.read_text())
+    saved["experiments"][1]["params"]["seed"] = [0]
+    SAVED.write_text(json.dumps(saved))
     result = invoke("report")
     assert result.exit_code == 2
     assert result.stderr.startswith(f"error: {SAVED}: not the JSON of `dvc exp show --json`")

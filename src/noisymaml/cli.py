@@ -260,10 +260,10 @@ def _save(dataset: str, doc: list, path: Path, source: str | None = None) -> Non
     """Merge the document (from `source`, where it was read from a file) into the results file."""
     from noisymaml.reporting.experiments import with_method_files
     from noisymaml.reporting.results import save_results
-    from noisymaml.reporting.sweep import sweep_files
+    from noisymaml.reporting.sweep import sweep_experiments, sweep_files
 
     with _named(source):
-        doc = with_method_files(doc, sweep_files(dataset))  # refuses a document of another shape
+        doc = sweep_experiments(with_method_files(doc, sweep_files(dataset)), dataset)  # refuses other shapes
     added, held = save_results(path, doc, dataset)
     click.echo(f"[sweep] {path}: {added} experiment(s) added, {held} held; commit it to keep them")
 

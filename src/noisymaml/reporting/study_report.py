@@ -225,14 +225,28 @@ def convergence_table(study: Study, results: dict, generator: str) -> list[str]:
 
 # --- the page -------------------------------------------------------------------------------
 
+def _command_line(cells: list[Cell]) -> str:
+    return f"- {cells[0].generator} / {cells[0].arm}: `{shlex.join(cells[0].command(queued=False))}`"
+
+
 def _commands(study: Study, results: dict) -> list[str]:
-    """Each arm's `dvc exp run` for seed 0 on each generator (other seeds: `-S seed=N`)."""
-    lines = []
+    """One `dvc exp run` per selection candidate, arm and feedback run on each generator, for
+    the first seed (the others differ in `-S seed=N` alone)."""
+    others = ", ".join(map(str, study.seeds[1:]))
+    seeds = f"; the other seeds ({others}) differ only in `-S seed=N`." if others else "."
+    lines = [f"Seed {study.seeds[0]}{seeds}", ""]
+    groups: dict[tuple[str, str], list[Cell]] = {}
+    for cell in [c for g in study.generators for c in selection_cells(study, g)] if study.selection else []:
+        groups.setdefault((cell.generator, cell.arm), []).append(cell)
+    lines += [_command_line(cells) for cells in groups.values()]
     for generator in study.generators:
         for arm in study.arms:
             cells = arm_cells(study, results, generator, arm)
-            lines.append(f"- {generator} / {arm}: `{shlex.join(cells[0].command(queued=False))}`" if cells
+            lines.append(_command_line(cells) if cells
                          else f"- {generator} / {arm}: set once the selection has finished")
+    if study.feedback:
+        runs = feedback_cells(study, results)
+        lines += [_command_line([c for c in runs if c.arm == f"fb-{run}"]) for run in study.feedback.runs if runs]
     return lines
 
 

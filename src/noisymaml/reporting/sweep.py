@@ -116,33 +116,44 @@ def collect(doc: list, dataset: str) -> tuple[list[SweepRun], list[FailedRun]]:
 
 
 def _collect(doc: list[dict], dataset: str) -> tuple[list[SweepRun], list[FailedRun]]:
-    runs, failed = [], []
+    read = [_read(experiment, baseline, dataset)
+            for baseline in doc for experiment in baseline.get("experiments") or []]
+    return (_one_per_grid_point([r for r in read if isinstance(r, SweepRun)]),
+            [r for r in read if isinstance(r, FailedRun)])
+
+
+def _read(experiment: dict, baseline: dict, dataset: str) -> SweepRun | FailedRun | None:
+    """A finished run of `dataset`'s grid, a failed run of a grid, or None: queued or running,
+    or not the sweep's (another study's settings, another dataset's chain)."""
+    base_params = _params_of(baseline)
+    executor = experiment.get("executor") or {"state": "success"}
+    rev = experiment["revs"][0]
+    params = _params_of(rev)
+    if params and _changes_more_than_noise(params, base_params):
+        return None  # another study (e.g. intershuffle tasks, a study's cells), not a point of the grid
+    noise = params.get("noise", {})
+    if executor.get("state") == "failed" or rev.get("error"):
+        described = f"noise.sigma={noise.get('sigma')} noise.where={noise.get('where')} seed={params.get('seed')}"
+        return FailedRun(rev["name"], described, str(rev.get("error") or "failed"))
+    if executor.get("state") != "success" or not rev.get("data"):
+        return None
     required = metrics_path(dataset, REQUIRED).as_posix()
-    for baseline in doc:
-        base_params, base_metrics = _params_of(baseline), _metrics_of(baseline)
-        for experiment in baseline.get("experiments") or []:
-            executor = experiment.get("executor") or {"state": "success"}
-            rev = experiment["revs"][0]
-            params = _params_of(rev)
-            noise = params.get("noise", {})
-            described = (f"noise.sigma={noise.get('sigma')} noise.where={noise.get('where')} "
-                         f"seed={params.get('seed')}")
-            if executor.get("state") == "failed" or rev.get("error"):
-                failed.append(FailedRun(rev["name"], described, str(rev.get("error") or "failed")))
-                continue
-            if executor.get("state") != "success" or not rev.get("data"):
-                continue
-            if _changes_more_than_noise(params, base_params):
-                continue  # another study (e.g. intershuffle tasks), not a point of the grid
-            metrics = _metrics_of(rev)
-            if required not in metrics:
-                raise DataError(f"experiment {rev['name']}: no {required}")
-            metrics = _own_metrics(params, metrics, base_params, base_metrics)
-            if required not in metrics:
-                continue  # the baseline's file: a run of another dataset's sweep
-            runs.append(SweepRun(rev["name"], float(noise["sigma"]), noise.get("where", "both"),
-                                 int(params["seed"]), metrics))
-    return _one_per_grid_point(runs), failed
+    metrics = _metrics_of(rev)
+    if required not in metrics:
+        raise DataError(f"experiment {rev['name']}: no {required}")
+    metrics = _own_metrics(params, metrics, base_params, _metrics_of(baseline))
+    if required not in metrics:
+        return None  # the baseline's file: a run of another dataset's sweep
+    return SweepRun(rev["name"], float(noise["sigma"]), noise.get("where", "both"), int(params["seed"]), metrics)
+
+
+def sweep_experiments(doc: list, dataset: str) -> list:
+    """The document with only the experiments `collect` reads for `dataset` (finished or failed
+    grid points): what a sweep's results file keeps, without a study's cells or another
+    dataset's runs that share the baseline."""
+    collect(doc, dataset)  # refuses a document of another shape
+    return [{**baseline, "experiments": [e for e in baseline.get("experiments") or []
+                                         if _read(e, baseline, dataset) is not None]} for baseline in doc]
 
 
 def done_points(doc: list, dataset: str, feedback: bool) -> frozenset[tuple[str, float, int]]:
