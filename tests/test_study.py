@@ -119,6 +119,23 @@ def test_a_report_of_one_seed_shows_that_runs_own_interval(tmp_path, monkeypatch
     assert "| maml | 25.00 ± 1.00 % (1 seed) |" in text and "not run yet" in text
 
 
+def test_a_score_over_one_task_is_shown_without_an_interval(tmp_path):
+    """One seed scored on a single feedback task has no interval: not "± 0.00"."""
+    study = tiny(tmp_path, TINY.replace("online_2: {feedback.tasks: 2, feedback.mode: online}",
+                                        "batch_1: {feedback.tasks: 1}"))
+    path = tmp_path / "results.json"
+    first = studies.study_cells(study, studies.empty_results(study))
+    save(study, path, finished(first, {}))
+    fed = [c for c in studies.study_cells(study, studies.load_results(path, study)) if c.part == "feedback"]
+    save(study, path, finished(fed[:1], {fed[0].name: (0.4, 0.25)}))
+    results = studies.load_results(path, study)
+    for metrics in results["cells"][fed[0].name]["files"].values():
+        metrics["test_feedback_tasks"].update(tasks=1, acc_post_ci95=0.0)
+    text = write_study_report(study, results, tmp_path / "reports").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| batch_1 |"))
+    assert "| 25.00 ± 1.00 % (1 seed) |" in row and "| 25.00 % (1 seed, 1 task) |" in row and "± 0.00" not in row
+
+
 def test_a_cell_name_changes_with_its_settings_only(tmp_path):
     study = tiny(tmp_path)
     before = {c.name for c in studies.study_cells(study, studies.empty_results(study))}

@@ -58,6 +58,8 @@ def _shown(cell: Interval | None, percent: bool = True) -> str:
         return "not run yet"
     mean, half, n = cell
     scale, unit = (100, " %") if percent else (1, "")
+    if math.isnan(half):  # one seed scored on one task: no interval to give
+        return f"{scale * mean:.2f}{unit} (1 seed, 1 task)"
     seeds = "1 seed" if n == 1 else f"n={n}"
     return f"{scale * mean:.2f} ± {scale * half:.2f}{unit} ({seeds})"
 
@@ -68,9 +70,13 @@ def _finished(results: dict, cells: list[Cell]) -> list[Cell]:
 
 def _metric(results: dict, cells: list[Cell], dataset: str, group: str, key: str,
             method: str | None = None) -> Interval | None:
-    return over_seeds([(value(results, c, dataset, group, key, method),
-                        value(results, c, dataset, group, f"{key}_ci95", method))
-                       for c in _finished(results, cells)])
+    """Over the finished cells' seeds; a single run's own interval, none (NaN) where it
+    scored one task (its recorded half-width of 0 is no interval)."""
+    def own(cell: Cell) -> tuple[float, float]:
+        one_task = value(results, cell, dataset, group, "tasks", method) < 2
+        return (value(results, cell, dataset, group, key, method),
+                math.nan if one_task else value(results, cell, dataset, group, f"{key}_ci95", method))
+    return over_seeds([own(c) for c in _finished(results, cells)])
 
 
 # --- tables ---------------------------------------------------------------------------------
