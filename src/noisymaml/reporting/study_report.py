@@ -231,29 +231,25 @@ def convergence_table(study: Study, results: dict, generator: str) -> list[str]:
 
 # --- the page -------------------------------------------------------------------------------
 
-def _command_line(cells: list[Cell]) -> str:
-    return f"- {cells[0].generator} / {cells[0].arm}: `{shlex.join(cells[0].command(queued=False))}`"
+def _command_line(cell: Cell) -> str:
+    return f"- {cell.generator} / {cell.arm}: `{shlex.join(cell.command(queued=False))}`"
 
 
 def _commands(study: Study, results: dict) -> list[str]:
     """One `dvc exp run` per selection candidate, arm and feedback run on each generator, for
     the first seed (the others differ in `-S seed=N` alone)."""
-    others = ", ".join(map(str, study.seeds[1:]))
+    first, others = study.seeds[0], ", ".join(map(str, study.seeds[1:]))
     seeds = f"; the other seeds ({others}) differ only in `-S seed=N`." if others else "."
-    lines = [f"Seed {study.seeds[0]}{seeds}", ""]
-    groups: dict[tuple[str, str], list[Cell]] = {}
-    for cell in [c for g in study.generators for c in selection_cells(study, g)] if study.selection else []:
-        groups.setdefault((cell.generator, cell.arm), []).append(cell)
-    lines += [_command_line(cells) for cells in groups.values()]
+    lines = [f"Seed {first}{seeds}", ""]
+    selection = [c for g in study.generators for c in selection_cells(study, g)] if study.selection else []
+    lines += [_command_line(c) for c in selection if c.seed == first]
     for generator in study.generators:
         for arm in study.arms:
             cells = arm_cells(study, results, generator, arm)
-            lines.append(_command_line(cells) if cells
+            lines.append(_command_line(cells[0]) if cells
                          else f"- {generator} / {arm}: set once the selection has finished")
-    if study.feedback:
-        runs = feedback_cells(study, results)
-        lines += [_command_line([c for c in runs if c.arm == f"fb-{run}"]) for run in study.feedback.runs if runs]
-    return lines
+    feedback = feedback_cells(study, results) if study.feedback else []
+    return lines + [_command_line(c) for c in feedback if c.seed == first]
 
 
 def write_study_report(study: Study, results: dict, out_dir: Path) -> Path:
