@@ -320,3 +320,37 @@ def test_the_dry_run_lists_commands_and_queues_nothing(tmp_path, monkeypatch):
     lines = result.output.splitlines()
     assert result.exit_code == 0 and lines and all("-s1-" in line and "--queue" in line for line in lines)
 
+
+
+def test_stop_ends_the_studys_queue_and_counts_killed_cells_as_not_run(tmp_path, monkeypatch):
+    """`study stop` drops the study's queued cells, kills its running one and forgets it (not
+    listed as failed; the next run queues it again), stops the workers and leaves other
+    experiments in the queue alone."""
+    study = tiny(tmp_path)
+    path = tmp_path / "results.json"
+    cells = studies.study_cells(study, studies.empty_results(study))
+    save(study, path, finished(cells[:1], {}))
+    queue = {cells[1].name: "Running", cells[2].name: "Queued", "someone-elses": "Queued"}
+    commands = []
+
+    def dvc(command):
+        commands.append(command[:3])
+        verb, names = command[2], command[3:]
+        if verb == "kill":
+            queue.update({name: "Failed" for name in names})
+        elif verb == "remove":
+            assert all(queue.pop(name) != "Running" for name in names)
+        return ""
+
+    monkeypatch.setattr(studies, "queue_names", lambda *states: [n for n, s in queue.items() if s in states])
+    monkeypatch.setattr(studies, "checked_output", dvc)
+    monkeypatch.setattr(studies, "save", lambda study, path, failed=None: save(study, path, ([], {}),
+                        failed=[n for n, s in queue.items() if s == "Failed"]))
+    stopped = studies.stop(study, path, log=lambda line: None)
+    assert sorted(stopped) == sorted([cells[1].name, cells[2].name])
+    assert queue == {"someone-elses": "Queued"}
+    assert commands[-1] == ["dvc", "queue", "stop"]
+    studies.save(study, path)
+    results = studies.load_results(path, study)
+    assert results["failed"] == {} and list(results["cells"]) == [cells[0].name]
+    assert {cells[1], cells[2]} <= set(studies.pending(study, results))

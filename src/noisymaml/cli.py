@@ -1,5 +1,5 @@
 """The `noisymaml` command: `predict` on a user's images, `sweep run|save|report` for a sigma sweep,
-`study run|save|report` for a study defined in studies/<name>.yaml.
+`study run|save|stop|report` for a study defined in studies/<name>.yaml.
 
 Only click and light modules load at start, so `noisymaml --help` answers at once: each command
 imports torch, matplotlib and the library it needs in its own body.
@@ -300,8 +300,9 @@ def study_run(study_file: Path, only: tuple[str, ...], jobs: int, poll: float, d
     """Queue every cell of the study that can run now and has no saved result, run the queue,
     and save each finished cell to reports/results/study_<study>.json; then queue the cells those
     made possible (the arm chosen on validation), until none is left; then write the report.
-    Stopped anywhere (Ctrl-C, a lost machine), it resumes where it stopped: commit the results
-    file, run it again. Needs a finished `make repro` (the archives in DVC's cache)."""
+    Stopped anywhere (Ctrl-C, then `noisymaml study stop` to end the queue's work; a lost
+    machine), it resumes where it stopped: commit the results file, run it again. Needs a
+    finished `make repro` (the archives in DVC's cache)."""
     from noisymaml.reporting import study as studies
 
     spec = studies.load_study(study_file)
@@ -329,6 +330,23 @@ def study_save(study_file: Path) -> None:
     with _named(path):
         added, held = studies.save(spec, path)
     click.echo(f"[study] {path}: {added} cell(s) added, {held} held; commit it to keep them")
+
+
+@study.command("stop", short_help="Save what finished; take the study's cells off the queue.")
+@STUDY_FILE
+@stage
+def study_stop(study_file: Path) -> None:
+    """End a study's slice: save its finished experiments to reports/results/study_<study>.json,
+    drop its queued cells, kill its running ones (they count as not run, not as failed) and stop
+    the queue's workers; other experiments in the queue are left alone. Commit the file: the next
+    `study run` resumes there."""
+    from noisymaml.reporting import study as studies
+
+    spec = studies.load_study(study_file)
+    path = studies.results_file(spec)
+    with _named(path):
+        studies.stop(spec, path, log=click.echo)
+    _write_study_report(spec, path)
 
 
 @study.command("report", short_help="Write reports/<study>.md from the study's results file.")

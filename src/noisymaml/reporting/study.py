@@ -6,8 +6,8 @@ The study file (studies/<name>.yaml) states every cell as params.yaml settings; 
 cell's settings and target, so editing the study file makes the edited cells new ones while the
 others keep their results. `noisymaml study run` queues the cells the results file
 (reports/results/study_<name>.json) lacks, runs them, and saves every finished one to that file as
-it finishes: stop it anywhere, commit the file, and the next run (here or on another clone)
-resumes where the queue stopped.
+it finishes: stop it anywhere (`noisymaml study stop` also ends the queue's work), commit the
+file, and the next run (here or on another clone) resumes where the queue stopped.
 
 The noisy arm the study compares is chosen per generator on the validation tasks of short
 runs (`selection`); its long cells exist once every candidate has finished for every seed.
@@ -389,6 +389,27 @@ def save(study: Study, path: Path, refs: list[ExperimentRef] | None = None, fail
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         write_json(Path(path), results)
     return added, len(results["cells"])
+
+
+def stop(study: Study, path: Path, poll_seconds: float = 2.0, log=print) -> list[str]:
+    """Save what finished, then take the study's cells off the queue: drop the queued ones,
+    kill the running ones and forget them (a cell stopped here is unfinished, not failed: it
+    is not listed as failed, and the next `study run` queues it again), and stop the queue's
+    workers. Other experiments in the queue are left as they are. Returns the cells stopped."""
+    save(study, path)
+    names = {c.name for c in study_cells(study, load_results(path, study))}
+    queued = [n for n in queue_names("Queued") if n in names]
+    running = [n for n in queue_names("Running") if n in names]
+    if running:
+        checked_output(["dvc", "queue", "kill", *running])
+    while set(running) & set(queue_names("Running")):
+        time.sleep(poll_seconds)
+    if queued or running:
+        checked_output(["dvc", "queue", "remove", *queued, *running])
+    checked_output(["dvc", "queue", "stop"])
+    log(f"[study] stopped {len(running)} running and {len(queued)} queued cell(s); "
+        f"{len(load_results(path, study)['cells'])} held in {path}")
+    return running + queued
 
 
 def pending(study: Study, results: dict, only: tuple[str, ...] = ()) -> list[Cell]:
