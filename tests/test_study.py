@@ -354,3 +354,20 @@ def test_stop_ends_the_studys_queue_and_counts_killed_cells_as_not_run(tmp_path,
     results = studies.load_results(path, study)
     assert results["failed"] == {} and list(results["cells"]) == [cells[0].name]
     assert {cells[1], cells[2]} <= set(studies.pending(study, results))
+
+
+def test_differences_are_paired_by_seed(tmp_path):
+    """Each arm minus the first arm, and each generator minus the first, over the seeds both
+    finished: a seed one side lacks is left out, one seed shows no interval."""
+    study = tiny(tmp_path, TINY.replace(
+        "selection: {arm: noisy, method: noisy_maml, grid: {noise.sigma: [0.01, 0.1]}, reference: maml}\n", ""))
+    path = tmp_path / "results.json"
+    cells = {(c.generator, c.arm, c.seed): c for c in studies.study_cells(study, studies.empty_results(study))
+             if c.part == "arms"}
+    tests = {("yin", "maml", 0): 0.30, ("yin", "maml", 1): 0.40, ("yin", "noisy", 0): 0.35,
+             ("yin", "noisy", 1): 0.47, ("rajendran", "maml", 0): 0.60, ("rajendran", "noisy", 1): 0.50}
+    save(study, path, finished([cells[k] for k in tests], {cells[k].name: (0.5, t) for k, t in tests.items()}))
+    text = write_study_report(study, studies.load_results(path, study), tmp_path / "reports").read_text()
+    mean, half = mean_ci95(torch.tensor([5.0, 7.0], dtype=torch.float64))
+    assert f"| noisy | {mean:+.2f} ± {half:.2f} (n=2) | not run yet | +3.00 (1 seed) |" in text
+    assert "| maml |  |  | +30.00 (1 seed) |" in text

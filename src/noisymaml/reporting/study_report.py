@@ -4,7 +4,9 @@ file alone (reports/results/study_<study>.json): any clone rebuilds it with `noi
 Every ± is a 95% interval of the mean over seeds (Student's t for the number of seeds, shown as
 n); a figure from a single seed shows that run's 95% interval over its episodes (1.96·SE)
 instead, marked "1 seed". Selection tables show validation numbers only: the noise is chosen on
-them, and the test tasks are read once, for the arms' table.
+them, and the test tasks are read once, for the arms' tables: levels, and differences paired by
+seed (against the first arm listed, and the first generator), which the spread the cells of one
+seed share does not blur.
 """
 
 from __future__ import annotations
@@ -109,6 +111,44 @@ def arms_table(study: Study, results: dict) -> list[str]:
             cells = arm_cells(study, results, generator, arm)
             row += [_shown(_metric(results, cells, study.dataset, group, key))
                     for group, key in (("test", "acc_post"), ("train_tasks", "acc_pre"), ("val", "acc_post"))]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def paired_difference(results: dict, dataset: str, cells: list[Cell], baseline: list[Cell]) -> Interval | None:
+    """Held-out test accuracy of `cells` minus `baseline`'s, paired by seed (same tasks and
+    episodes): (mean, Student's t 95% half-width over the seeds both finished, n); one seed has
+    no interval (NaN)."""
+    base = {c.seed: c for c in _finished(results, baseline)}
+    def test(cell: Cell) -> float:
+        return value(results, cell, dataset, "test", "acc_post")
+    differences = [test(c) - test(base[c.seed]) for c in _finished(results, cells) if c.seed in base]
+    if len(differences) < 2:
+        return (differences[0], math.nan, 1) if differences else None
+    mean, half = mean_ci95(torch.tensor(differences, dtype=torch.float64))
+    return mean, half, len(differences)
+
+
+def _shown_difference(cell: Interval | None) -> str:
+    if cell is None:
+        return "not run yet"
+    mean, half, n = cell
+    return f"{100 * mean:+.2f} (1 seed)" if n == 1 else f"{100 * mean:+.2f} ± {100 * half:.2f} (n={n})"
+
+
+def differences_table(study: Study, results: dict) -> list[str]:
+    """Test accuracy differences in points, paired by seed: each arm against the first arm
+    listed, on each generator; each generator against the first, per arm."""
+    reference, (first, *others) = next(iter(study.arms)), list(study.generators)
+    header = ["arm"] + [f"{g}: − {reference}" for g in study.generators] + [f"{g} − {first}" for g in others]
+    lines = ["| " + " | ".join(header) + " |", "| :-- |" + " --: |" * (len(header) - 1)]
+    for arm in study.arms:
+        row = [arm] + [_shown_difference(paired_difference(
+            results, study.dataset, arm_cells(study, results, g, arm), arm_cells(study, results, g, reference)))
+            if arm != reference else "" for g in study.generators]
+        row += [_shown_difference(paired_difference(results, study.dataset, arm_cells(study, results, g, arm),
+                                                    arm_cells(study, results, first, arm)))
+                for g in others]
         lines.append("| " + " | ".join(row) + " |")
     return lines
 
@@ -276,7 +316,13 @@ def write_study_report(study: Study, results: dict, out_dir: Path) -> Path:
                     f"`{study.selection.arm}`.", ""]
         for generator in study.generators:
             lines += [f"Generator `{generator}`:", "", *selection_table(study, results, generator), ""]
-    lines += ["## Arms (long budget)", "", *arms_table(study, results), "", "## Convergence", ""]
+    lines += ["## Arms (long budget)", "", *arms_table(study, results), "",
+              "Differences in held-out test accuracy (points), paired by seed: the cells of one seed are "
+              "scored on the same test episodes (on every generator), and on one generator every arm but "
+              "intershuffle trains on the same sequence of training classes, so the spread from seed to seed "
+              "that they share cancels. ± = Student's t over the seeds both cells finished; one seed shows no "
+              "interval.", "",
+              *differences_table(study, results), "", "## Convergence", ""]
     out_dir.mkdir(parents=True, exist_ok=True)
     for generator in study.generators:
         image = f"{study.name}_{generator}.png"
