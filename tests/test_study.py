@@ -321,7 +321,6 @@ def test_the_dry_run_lists_commands_and_queues_nothing(tmp_path, monkeypatch):
     assert result.exit_code == 0 and lines and all("-s1-" in line and "--queue" in line for line in lines)
 
 
-
 def test_stop_ends_the_studys_queue_and_counts_killed_cells_as_not_run(tmp_path, monkeypatch):
     """`study stop` drops the study's queued cells, kills its running one and forgets it (not
     listed as failed; the next run queues it again), stops the workers and leaves other

@@ -122,11 +122,7 @@ def paired_difference(results: dict, dataset: str, cells: list[Cell], baseline: 
     base = {c.seed: c for c in _finished(results, baseline)}
     def test(cell: Cell) -> float:
         return value(results, cell, dataset, "test", "acc_post")
-    differences = [test(c) - test(base[c.seed]) for c in _finished(results, cells) if c.seed in base]
-    if len(differences) < 2:
-        return (differences[0], math.nan, 1) if differences else None
-    mean, half = mean_ci95(torch.tensor(differences, dtype=torch.float64))
-    return mean, half, len(differences)
+    return over_seeds([(test(c) - test(base[c.seed]), math.nan) for c in _finished(results, cells) if c.seed in base])
 
 
 def _shown_difference(cell: Interval | None) -> str:
@@ -142,13 +138,12 @@ def differences_table(study: Study, results: dict) -> list[str]:
     reference, (first, *others) = next(iter(study.arms)), list(study.generators)
     header = ["arm"] + [f"{g}: − {reference}" for g in study.generators] + [f"{g} − {first}" for g in others]
     lines = ["| " + " | ".join(header) + " |", "| :-- |" + " --: |" * (len(header) - 1)]
+    def difference(generator: str, arm: str, base_generator: str, base_arm: str) -> str:
+        return _shown_difference(paired_difference(results, study.dataset, arm_cells(study, results, generator, arm),
+                                                   arm_cells(study, results, base_generator, base_arm)))
     for arm in study.arms:
-        row = [arm] + [_shown_difference(paired_difference(
-            results, study.dataset, arm_cells(study, results, g, arm), arm_cells(study, results, g, reference)))
-            if arm != reference else "" for g in study.generators]
-        row += [_shown_difference(paired_difference(results, study.dataset, arm_cells(study, results, g, arm),
-                                                    arm_cells(study, results, first, arm)))
-                for g in others]
+        row = [arm] + [difference(g, arm, g, reference) if arm != reference else "" for g in study.generators]
+        row += [difference(g, arm, first, arm) for g in others]
         lines.append("| " + " | ".join(row) + " |")
     return lines
 
