@@ -18,7 +18,7 @@ from noisymaml.errors import ParamError
 from noisymaml.pipeline.params import read_params
 from noisymaml.pipeline.run import Run
 from noisymaml.reporting import study as studies
-from noisymaml.reporting.study_report import write_study_report
+from noisymaml.reporting.study_report import _band, write_study_report
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = """
@@ -370,3 +370,14 @@ def test_differences_are_paired_by_seed(tmp_path):
     mean, half = mean_ci95(torch.tensor([5.0, 7.0], dtype=torch.float64))
     assert f"| noisy | {mean:+.2f} ± {half:.2f} (n=2) | not run yet | +3.00 (1 seed) |" in text
     assert "| maml |  |  | +30.00 (1 seed) |" in text
+
+
+def test_convergence_bands_stay_within_what_an_accuracy_can_be():
+    """Three seeds near 0 and near 1: the t band's half-width exceeds the distance to the
+    bound, so that side is clipped there; the other side and the mean are untouched."""
+    curves = [{"iteration": [1.0, 2.0], "val_acc_post": [low, high]} for low, high in [(0.01, 0.99), (0.03, 0.97),
+                                                                                      (0.05, 0.95)]]
+    x, mean, low, high = _band(curves, "val_acc_post")
+    _, half = mean_ci95(torch.tensor([0.99, 0.97, 0.95], dtype=torch.float64))
+    assert x == [1.0, 2.0] and mean == pytest.approx([0.03, 0.97]) and half > 0.03
+    assert low == pytest.approx([0.0, 0.97 - half]) and high == pytest.approx([0.03 + half, 1.0])

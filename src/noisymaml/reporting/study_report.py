@@ -182,26 +182,28 @@ def curve(results: dict, cell: Cell, dataset: str) -> dict[str, list[float]]:
         raise DataError(f"study results: cell {cell.name} has no readable curve {path}") from None
 
 
-def _band(curves: list[dict[str, list[float]]], key: str) -> tuple[list[float], list[float], list[float]]:
-    """Iterations, mean and 95% t half-width over seeds (0 with one seed) of a curve column,
-    over the iterations every seed logged."""
+Band = tuple[list[float], list[float], list[float], list[float]]
+
+
+def _band(curves: list[dict[str, list[float]]], key: str) -> Band:
+    """Iterations, mean, and the 95% t band over seeds (the mean itself with one seed) of an
+    accuracy curve column, over the iterations every seed logged. The band is clipped to
+    [0, 1]: with two or three seeds the t quantile can reach past what an accuracy can be."""
     length = min(len(c["iteration"]) for c in curves)
-    means, halves = [], []
+    means, lows, highs = [], [], []
     for i in range(length):
         column = [c[key][i] for c in curves]
-        if len(column) == 1:
-            means.append(column[0])
-            halves.append(0.0)
-        else:
-            mean, half = mean_ci95(torch.tensor(column, dtype=torch.float64))
-            means.append(mean)
-            halves.append(half)
-    return curves[0]["iteration"][:length], means, halves
+        mean, half = (column[0], 0.0) if len(column) == 1 else mean_ci95(torch.tensor(column, dtype=torch.float64))
+        means.append(mean)
+        lows.append(max(0.0, mean - half))
+        highs.append(min(1.0, mean + half))
+    return curves[0]["iteration"][:length], means, lows, highs
 
 
 def plot_convergence(study: Study, results: dict, generator: str, path: Path) -> bool:
     """One figure per generator: validation accuracy and memorisation index against
-    iteration, per arm the mean over seeds and its 95% t band. False when no arm has finished."""
+    iteration, per arm the mean over seeds and its 95% t band (clipped to [0, 100]).
+    False when no arm has finished."""
     figure = Figure(figsize=(11, 4.2), layout="constrained")
     panels = figure.subplots(1, 2, sharex=True)
     drawn = False
@@ -212,11 +214,10 @@ def plot_convergence(study: Study, results: dict, generator: str, path: Path) ->
         drawn = True
         curves = [curve(results, c, study.dataset) for c in cells]
         for axes, (key, _) in zip(panels, CURVES):
-            x, mean, half = _band(curves, key)
+            x, mean, low, high = _band(curves, key)
             color = f"C{index}"
             axes.plot(x, [100 * m for m in mean], color=color, label=f"{arm} (n={len(cells)})")
-            axes.fill_between(x, [100 * (m - h) for m, h in zip(mean, half)],
-                              [100 * (m + h) for m, h in zip(mean, half)], color=color, alpha=0.15)
+            axes.fill_between(x, [100 * v for v in low], [100 * v for v in high], color=color, alpha=0.15)
     if not drawn:
         return False
     chance = 100 / _ways(study, results)
@@ -225,7 +226,8 @@ def plot_convergence(study: Study, results: dict, generator: str, path: Path) ->
         axes.set(title=label, xlabel="meta-iteration", ylabel="accuracy (%)")
         axes.grid(alpha=0.3)
     panels[0].legend(fontsize="small")
-    figure.suptitle(f"{study.dataset}, generator {generator}: mean over seeds, band = 95% t-interval")
+    figure.suptitle(f"{study.dataset}, generator {generator}: mean over seeds, "
+                    "band = 95% t-interval clipped to [0, 100]")
     figure.savefig(path, dpi=100, metadata={"Software": None})
     return True
 
@@ -252,7 +254,7 @@ def convergence_table(study: Study, results: dict, generator: str) -> list[str]:
             lines.append(f"| {arm} | not run yet |" + " |" * (len(header) - 2))
             continue
         curves = [curve(results, c, study.dataset) for c in cells]
-        x, mean, _ = _band(curves, "val_acc_post")
+        x, mean, _, _ = _band(curves, "val_acc_post")
         reached = [next((str(int(i)) for i, m in zip(x, mean) if m >= level), "not reached") for level in study.reach]
         finals = [c["val_acc_post"][-1] for c in curves]
         final = over_seeds([(f, 0.0) for f in finals])
