@@ -192,8 +192,7 @@ def _band(curves: list[dict[str, list[float]]], key: str) -> Band:
     length = min(len(c["iteration"]) for c in curves)
     means, lows, highs = [], [], []
     for i in range(length):
-        column = [c[key][i] for c in curves]
-        mean, half = (column[0], 0.0) if len(column) == 1 else mean_ci95(torch.tensor(column, dtype=torch.float64))
+        mean, half, _ = over_seeds([(c[key][i], 0.0) for c in curves])
         means.append(mean)
         lows.append(max(0.0, mean - half))
         highs.append(min(1.0, mean + half))
