@@ -136,6 +136,29 @@ def test_a_score_over_one_task_is_shown_without_an_interval(tmp_path):
     assert "| 25.00 ± 1.00 % (1 seed) |" in row and "| 25.00 % (1 seed, 1 task) |" in row and "± 0.00" not in row
 
 
+def test_feedback_is_compared_with_continued_training_paired_by_seed(tmp_path):
+    """Per seed, + feedback minus continued on the held-out test and on the stream scored on
+    arrival (online): the mean and t interval of those differences, not of either side alone."""
+    study = tiny(tmp_path)
+    path = tmp_path / "results.json"
+    save(study, path, finished(studies.study_cells(study, studies.empty_results(study)), {}))
+    fed = [c for c in studies.study_cells(study, studies.load_results(path, study)) if c.part == "feedback"]
+    save(study, path, finished(fed, {}))
+    results = studies.load_results(path, study)
+    scores = {0: (0.40, 0.38, 0.50, 0.55), 1: (0.30, 0.27, 0.60, 0.60)}  # test, test continued, stream, continued
+    for cell in fed:
+        files = results["cells"][cell.name]["files"]
+        test, test_continued, stream, stream_continued = scores[cell.seed]
+        for variant, held_out, arrival in (("feedback", test, stream), ("continued", test_continued, stream_continued)):
+            files[f"metrics/omniglot/noisy_maml_{variant}.json"]["test"]["acc_post"] = held_out
+            files[f"metrics/omniglot/noisy_maml_{variant}.json"]["online_stream"]["acc_post"] = arrival
+    text = write_study_report(study, results, tmp_path / "reports").read_text()
+    test_mean, test_half = mean_ci95(torch.tensor([2.0, 3.0], dtype=torch.float64))
+    stream_mean, stream_half = mean_ci95(torch.tensor([-5.0, 0.0], dtype=torch.float64))
+    assert (f"| online_2 | {test_mean:+.2f} ± {test_half:.2f} (n=2) | {stream_mean:+.2f} ± {stream_half:.2f} (n=2) |"
+            in text)
+
+
 def test_a_cell_name_changes_with_its_settings_only(tmp_path):
     study = tiny(tmp_path)
     before = {c.name for c in studies.study_cells(study, studies.empty_results(study))}

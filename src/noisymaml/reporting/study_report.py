@@ -122,7 +122,12 @@ def paired_difference(results: dict, dataset: str, cells: list[Cell], baseline: 
     base = {c.seed: c for c in _finished(results, baseline)}
     def test(cell: Cell) -> float:
         return value(results, cell, dataset, "test", "acc_post")
-    return over_seeds([(test(c) - test(base[c.seed]), math.nan) for c in _finished(results, cells) if c.seed in base])
+    return _differences([(test(c), test(base[c.seed])) for c in _finished(results, cells) if c.seed in base])
+
+
+def _differences(pairs: list[tuple[float, float]]) -> Interval | None:
+    """Mean of a − b over the seeds' (a, b) pairs, Student's t over seeds; one seed has no interval (NaN)."""
+    return over_seeds([(a - b, math.nan) for a, b in pairs])
 
 
 def _shown_difference(cell: Interval | None) -> str:
@@ -151,23 +156,51 @@ def differences_table(study: Study, results: dict) -> list[str]:
 def feedback_table(study: Study, results: dict) -> list[str]:
     """Feedback against the same stream or extra iterations without it: on the held-out test
     tasks, and on the feedback tasks themselves (online: each scored on arrival)."""
-    cells = feedback_cells(study, results)
     method = study.arms[study.feedback.arm].method
     lines = ["| run | held-out test: no further training | + feedback | continued, unweighted | "
              "feedback tasks: no further training | + feedback | continued, unweighted |",
              "| :-- |" + " --: |" * 6]
-    for run in study.feedback.runs:
-        group = [c for c in cells if c.arm == f"fb-{run}"]
-        online = all(ONLINE_GROUP in results["cells"][c.name]["files"].get(
-            f"metrics/{study.dataset}/{method}_feedback.json", {}) for c in _finished(results, group))
-        fed = ONLINE_GROUP if online and _finished(results, group) else "test_feedback_tasks"
+    for run, group in _feedback_runs(study, results):
         row = [run]
-        for group_name, stream in (("test", "test"), ("test_feedback_tasks", fed)):
+        for group_name, stream in (("test", "test"), ("test_feedback_tasks", _fed_stream(study, results, group))):
             row.append(_shown(_metric(results, group, study.dataset, group_name, "acc_post", method)))
             row += [_shown(_metric(results, group, study.dataset, stream, "acc_post", f"{method}_{variant}"))
                     for variant in ("feedback", "continued")]
         lines.append("| " + " | ".join(row) + " |")
     return lines
+
+
+def feedback_gain_table(study: Study, results: dict) -> list[str]:
+    """+ feedback minus continued, unweighted, in points, paired by seed: both variants of a seed
+    start from the same trained model and are scored on the same episodes and feedback tasks."""
+    lines = ["| run | held-out test: + feedback − continued | feedback tasks: + feedback − continued |",
+             "| :-- | --: | --: |"]
+    for run, group in _feedback_runs(study, results):
+        gains = [_shown_difference(_feedback_gain(study, results, group, stream))
+                 for stream in ("test", _fed_stream(study, results, group))]
+        lines.append("| " + " | ".join([run, *gains]) + " |")
+    return lines
+
+
+def _feedback_gain(study: Study, results: dict, group: list[Cell], stream: str) -> Interval | None:
+    method = study.arms[study.feedback.arm].method
+    def score(cell: Cell, variant: str) -> float:
+        return value(results, cell, study.dataset, stream, "acc_post", f"{method}_{variant}")
+    return _differences([(score(c, "feedback"), score(c, "continued")) for c in _finished(results, group)])
+
+
+def _feedback_runs(study: Study, results: dict) -> list[tuple[str, list[Cell]]]:
+    cells = feedback_cells(study, results)
+    return [(run, [c for c in cells if c.arm == f"fb-{run}"]) for run in study.feedback.runs]
+
+
+def _fed_stream(study: Study, results: dict, group: list[Cell]) -> str:
+    """The group holding the feedback tasks' scores: online, each task scored on arrival."""
+    method = study.arms[study.feedback.arm].method
+    done = _finished(results, group)
+    online = done and all(ONLINE_GROUP in results["cells"][c.name]["files"].get(
+        f"metrics/{study.dataset}/{method}_feedback.json", {}) for c in done)
+    return ONLINE_GROUP if online else "test_feedback_tasks"
 
 
 # --- convergence ----------------------------------------------------------------------------
@@ -329,7 +362,11 @@ def write_study_report(study: Study, results: dict, out_dir: Path) -> Path:
         lines += ["## Feedback", "",
                   f"On arm `{study.feedback.arm}`, generator `{study.feedback.generator}`, long budget. "
                   "Held-out test: the test episodes no feedback task shares a class with.", "",
-                  *feedback_table(study, results), ""]
+                  *feedback_table(study, results), "",
+                  "Feedback against the same iterations unweighted, in points, paired by seed (both start from "
+                  "the seed's trained model and are scored on the same episodes and feedback tasks); ± = "
+                  "Student's t over seeds, one seed shows no interval.", "",
+                  *feedback_gain_table(study, results), ""]
     lines += ["## Commands", "", *_commands(study, results)]
     if results["failed"]:
         lines += ["", "## Failed cells (not in the tables; `study run` retries them)", "",
