@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from noisymaml.core.files import write_text
 from noisymaml.core.metrics import mean_ci95
 from noisymaml.errors import DataError
-from noisymaml.pipeline.paths import curve_path
+from noisymaml.pipeline.paths import curve_path, metrics_path
 from noisymaml.reporting.study import (
     Cell,
     Study,
@@ -156,7 +156,7 @@ def differences_table(study: Study, results: dict) -> list[str]:
 def feedback_table(study: Study, results: dict) -> list[str]:
     """Feedback against the same stream or extra iterations without it: on the held-out test
     tasks, and on the feedback tasks themselves (online: each scored on arrival)."""
-    method = study.arms[study.feedback.arm].method
+    method = _feedback_method(study)
     lines = ["| run | held-out test: no further training | + feedback | continued, unweighted | "
              "feedback tasks: no further training | + feedback | continued, unweighted |",
              "| :-- |" + " --: |" * 6]
@@ -183,10 +183,14 @@ def feedback_gain_table(study: Study, results: dict) -> list[str]:
 
 
 def _feedback_gain(study: Study, results: dict, group: list[Cell], stream: str) -> Interval | None:
-    method = study.arms[study.feedback.arm].method
+    method = _feedback_method(study)
     def score(cell: Cell, variant: str) -> float:
         return value(results, cell, study.dataset, stream, "acc_post", f"{method}_{variant}")
     return _differences([(score(c, "feedback"), score(c, "continued")) for c in _finished(results, group)])
+
+
+def _feedback_method(study: Study) -> str:
+    return study.arms[study.feedback.arm].method
 
 
 def _feedback_runs(study: Study, results: dict) -> list[tuple[str, list[Cell]]]:
@@ -196,10 +200,9 @@ def _feedback_runs(study: Study, results: dict) -> list[tuple[str, list[Cell]]]:
 
 def _fed_stream(study: Study, results: dict, group: list[Cell]) -> str:
     """The group holding the feedback tasks' scores: online, each task scored on arrival."""
-    method = study.arms[study.feedback.arm].method
+    fed = metrics_path(study.dataset, f"{_feedback_method(study)}_feedback").as_posix()
     done = _finished(results, group)
-    online = done and all(ONLINE_GROUP in results["cells"][c.name]["files"].get(
-        f"metrics/{study.dataset}/{method}_feedback.json", {}) for c in done)
+    online = done and all(ONLINE_GROUP in results["cells"][c.name]["files"].get(fed, {}) for c in done)
     return ONLINE_GROUP if online else "test_feedback_tasks"
 
 
