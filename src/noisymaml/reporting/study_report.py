@@ -239,7 +239,7 @@ def plot_convergence(study: Study, results: dict, generator: str, path: Path) ->
     """One figure per generator: validation accuracy and memorisation index against
     iteration, per arm the mean over seeds and its 95% t band (clipped to [0, 100]).
     False when no arm has finished."""
-    figure = Figure(figsize=(11, 4.2), layout="constrained")
+    figure = Figure(figsize=(11, 4.8), layout="constrained")
     panels = figure.subplots(1, 2, sharex=True)
     drawn = False
     for index, arm in enumerate(study.arms):
@@ -260,7 +260,7 @@ def plot_convergence(study: Study, results: dict, generator: str, path: Path) ->
         axes.axhline(chance, color="grey", linestyle=":", linewidth=1, label="chance (1/ways)")
         axes.set(title=label, xlabel="meta-iteration", ylabel="accuracy (%)")
         axes.grid(alpha=0.3)
-    panels[0].legend(fontsize="small")
+    figure.legend(*panels[0].get_legend_handles_labels(), loc="outside lower center", ncols=4, fontsize="small")
     figure.suptitle(f"{study.dataset}, generator {generator}: mean over seeds, "
                     "band = 95% t-interval clipped to [0, 100]")
     figure.savefig(path, dpi=100, metadata={"Software": None})
