@@ -262,7 +262,7 @@ def plot_sweep(rows: list[Row], dataset: str, path: Path) -> None:
     key = metric_key(dataset)
     shown = (lambda v: 100 * v) if key == "acc" else (lambda v: v)
     unit = "accuracy (%)" if key == "acc" else "MSE"
-    figure = Figure(figsize=(11, 4.2), layout="constrained")
+    figure = Figure(figsize=(11, 4.6), layout="constrained")
     panels = figure.subplots(1, 2, sharex=True)
     baseline = [row for row in rows if row.where == NO_NOISE]
     positive = [row.sigma for row in rows if row.sigma > 0]
@@ -279,7 +279,7 @@ def plot_sweep(rows: list[Row], dataset: str, path: Path) -> None:
             axes.set_xscale("symlog", linthresh=min(positive))
         axes.set(title=label, xlabel="sigma (0 = plain MAML)", ylabel=unit)
         axes.grid(alpha=0.3)
-    panels[0].legend(fontsize="small")
+    figure.legend(*panels[0].get_legend_handles_labels(), loc="outside lower center", ncols=3, fontsize="small")
     figure.savefig(path, dpi=100, metadata={"Software": None})
 
 
