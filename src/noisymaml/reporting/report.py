@@ -38,6 +38,7 @@ from noisymaml.pipeline.params import (
 )
 from noisymaml.pipeline.paths import curve_path, metrics_path
 from noisymaml.pipeline.steps import FEEDBACK_VARIANTS, ONLINE_GROUP
+from noisymaml.reporting.figures import save_png
 
 REPORTS = Path("reports")
 PALETTE = ("tab:blue", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive",
@@ -181,7 +182,7 @@ def plot_curves(curves: dict[str, Curve], measure: Measure, labels: dict[str, st
         axes.set(title=title, xlabel="meta-iteration", ylabel=measure.name)
         axes.grid(alpha=0.3)
     both[0].legend(fontsize="small")
-    _save(figure, path)
+    save_png(figure, path)
 
 
 def plot_test(metrics: dict[str, dict], measure: Measure, labels: dict[str, str], path: Path,
@@ -201,7 +202,7 @@ def plot_test(metrics: dict[str, dict], measure: Measure, labels: dict[str, str]
     axes.grid(axis="x", alpha=0.3)
     if chance is not None:
         axes.legend(fontsize="small")
-    _save(figure, path)
+    save_png(figure, path)
 
 
 def _color(method: str, labels: dict[str, str]) -> str:
@@ -213,9 +214,6 @@ def _chance_line(draw: Callable, chance: float | None, measure: Measure) -> None
     if chance is not None:
         draw(measure.shown(chance), color="grey", linestyle="--", label="chance")
 
-
-def _save(figure: Figure, path: Path) -> None:
-    figure.savefig(path, dpi=100, metadata={"Software": None})
 
 
 @dataclass(frozen=True)

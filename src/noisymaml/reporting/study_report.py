@@ -24,6 +24,7 @@ from noisymaml.core.files import write_text
 from noisymaml.core.metrics import mean_ci95
 from noisymaml.errors import DataError
 from noisymaml.pipeline.paths import curve_path, metrics_path
+from noisymaml.reporting.figures import legend_below, save_png
 from noisymaml.reporting.study import (
     Cell,
     Study,
@@ -260,10 +261,10 @@ def plot_convergence(study: Study, results: dict, generator: str, path: Path) ->
         axes.axhline(chance, color="grey", linestyle=":", linewidth=1, label="chance (1/ways)")
         axes.set(title=label, xlabel="meta-iteration", ylabel="accuracy (%)")
         axes.grid(alpha=0.3)
-    figure.legend(*panels[0].get_legend_handles_labels(), loc="outside lower center", ncols=4, fontsize="small")
+    legend_below(figure, panels[0], columns=4)
     figure.suptitle(f"{study.dataset}, generator {generator}: mean over seeds, "
                     "band = 95% t-interval clipped to [0, 100]")
-    figure.savefig(path, dpi=100, metadata={"Software": None})
+    save_png(figure, path)
     return True
 
 

@@ -33,6 +33,7 @@ from noisymaml.datasets import DATASETS
 from noisymaml.errors import DataError
 from noisymaml.pipeline.paths import metrics_path
 from noisymaml.reporting.experiments import PLACEMENTS
+from noisymaml.reporting.figures import legend_below, save_png
 from noisymaml.reporting.results import results_path
 
 NO_NOISE = "off"
@@ -279,8 +280,8 @@ def plot_sweep(rows: list[Row], dataset: str, path: Path) -> None:
             axes.set_xscale("symlog", linthresh=min(positive))
         axes.set(title=label, xlabel="sigma (0 = plain MAML)", ylabel=unit)
         axes.grid(alpha=0.3)
-    figure.legend(*panels[0].get_legend_handles_labels(), loc="outside lower center", ncols=3, fontsize="small")
-    figure.savefig(path, dpi=100, metadata={"Software": None})
+    legend_below(figure, panels[0], columns=3)
+    save_png(figure, path)
 
 
 def write_sweep_report(doc: list, dataset: str, out_dir: Path) -> Path:
